@@ -1,0 +1,1 @@
+"""Capture agent, classifier daemon, batcher, sinks, metrics and sd_notify."""

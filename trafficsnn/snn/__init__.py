@@ -1,0 +1,1 @@
+"""Spiking neural network: neuron dynamics, layers, presets, input encoding, checkpoints."""

@@ -1,0 +1,1 @@
+"""Datasets, splits, training loop, metrics, plots and baselines."""
