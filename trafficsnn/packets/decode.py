@@ -1,0 +1,619 @@
+"""Vectorised header decoder: ``FrameBatch`` in, ``PacketBatch`` out.
+
+All frames of a batch are peeled at once: each frame has a cursor into the
+byte buffer and the type of the layer that starts there. One pass handles,
+for every layer type present, all frames at that layer with masked numpy
+gathers, then moves their cursors on. A bounded number of passes reaches the
+innermost IP/L4 headers even through VLAN stacks, MPLS, PPPoE and tunnels
+(IP-in-IP, 6in4, GRE, VXLAN, GTP-U): the flow reported is the inner one, and
+when an inner packet cannot be decoded the outer flow is kept instead.
+
+The only per-packet Python work is for IP fragments (rare): a non-first
+fragment carries no L4 header, so it gets the flow (ports, inner addresses)
+of its first fragment from a small bounded state kept across batches.
+"""
+from __future__ import annotations
+
+from collections import Counter, OrderedDict
+
+import numpy as np
+
+from .batch import FrameBatch, PacketBatch
+
+LINKTYPE_NAMES: dict[int, str] = {
+    0: "NULL", 1: "EN10MB", 6: "IEEE802_5", 8: "SLIP", 9: "PPP", 10: "FDDI", 12: "RAW", 14: "RAW",
+    50: "PPP_HDLC", 51: "PPP_ETHER", 101: "RAW", 104: "C_HDLC", 105: "IEEE802_11",
+    108: "LOOP", 113: "LINUX_SLL", 117: "PFLOG", 119: "IEEE802_11_PRISM", 127: "IEEE802_11_RADIOTAP",
+    147: "USER0", 187: "BLUETOOTH_HCI_H4", 189: "USB_LINUX", 192: "PPI", 195: "IEEE802_15_4",
+    201: "BLUETOOTH_HCI_H4_WITH_PHDR", 220: "USB_LINUX_MMAPPED", 228: "IPV4", 229: "IPV6",
+    249: "NETLINK", 263: "BLUETOOTH_LE_LL_WITH_PHDR", 276: "LINUX_SLL2",
+}
+SUPPORTED_LINKTYPES = frozenset({0, 1, 9, 12, 14, 50, 101, 104, 108, 113, 192, 228, 229, 276})
+
+# layer kinds (what starts at a frame's cursor); <= 0 means finished
+DONE, ETYPE, ETH, IPVER, IPV4, IPV6, PROTO, MPLS, PPP, GRE, GTP, CAPWAP = range(12)
+# why a frame was left out (negative kinds)
+NON_IP, TRUNCATED, UNSUPPORTED, MALFORMED, TOO_DEEP = -1, -2, -3, -4, -5
+DROP_NAMES = {NON_IP: "non_ip", TRUNCATED: "truncated", UNSUPPORTED: "unsupported",
+              MALFORMED: "malformed", TOO_DEEP: "too_deep"}
+MAX_PASSES = 32
+
+VLAN_TYPES = (0x8100, 0x88A8, 0x9100, 0x9200)
+AF_INET_VALUES = (2, 10, 23, 24, 28, 30)   # AF_INET and the AF_INET6 of Linux, Windows, *BSD, macOS
+IPV4_MAPPED = np.uint64(0xFFFF_0000_0000)
+_AR = np.arange(64, dtype=np.int64)
+
+
+def _mat(d: np.ndarray, idx: np.ndarray, width: int) -> np.ndarray:
+    """Bytes ``d[idx : idx + width]`` of each index as an (n, width) uint8 matrix."""
+    return d[idx[:, None] + _AR[:width]]
+
+
+def _be16(d: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    return (d[idx].astype(np.int64) << 8) | d[idx + 1]
+
+
+def _be32(d: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(_mat(d, idx, 4)).view(">u4").ravel().astype(np.int64)
+
+
+class _Work:
+    """Per-batch decoding state: cursors, layer kinds and the output columns so far."""
+
+    def __init__(self, fb: FrameBatch, dec: "Decoder"):
+        n = len(fb)
+        self.dec = dec
+        self.d = fb.data
+        self.cur = fb.offset.astype(np.int64, copy=True)
+        self.end = self.cur + fb.caplen.astype(np.int64)
+        self.kind = np.zeros(n, dtype=np.int8)
+        self.aux = np.zeros(n, dtype=np.int64)
+        self.src_hi = np.zeros(n, dtype=np.uint64)
+        self.src_lo = np.zeros(n, dtype=np.uint64)
+        self.dst_hi = np.zeros(n, dtype=np.uint64)
+        self.dst_lo = np.zeros(n, dtype=np.uint64)
+        self.sport = np.zeros(n, dtype=np.uint16)
+        self.dport = np.zeros(n, dtype=np.uint16)
+        self.proto = np.zeros(n, dtype=np.uint8)
+        self.ip_len = np.zeros(n, dtype=np.uint32)
+        self.flags = np.zeros(n, dtype=np.uint8)
+        self.vlan = np.zeros(n, dtype=np.uint16)
+        self.vlan_set = np.zeros(n, dtype=bool)
+        self.ver = np.zeros(n, dtype=np.uint8)
+        self.fb: dict[str, np.ndarray] | None = None     # outer-flow fallback when a tunnel fails
+        self.fb_ok: np.ndarray | None = None
+        self.fk: dict[str, np.ndarray] | None = None     # key of the fragmented IP header
+        self.fragst: np.ndarray | None = None            # 0 none, 1 first fragment, 2 later fragment
+        self.counts: Counter = Counter()
+
+    # -- small utilities ---------------------------------------------------------------
+    def need(self, sel: np.ndarray, nbytes: int, extra: np.ndarray | int = 0) -> np.ndarray:
+        """Mask of ``sel`` frames that have ``nbytes`` captured bytes at cursor + extra."""
+        return self.cur[sel] + extra + nbytes <= self.end[sel]
+
+    def drop(self, sel: np.ndarray, why: int) -> None:
+        if len(sel):
+            self.kind[sel] = why
+
+    def save_fallback(self, sel: np.ndarray, tunnel: str) -> None:
+        """Remember the current (outer) flow of ``sel`` in case its inner packet cannot be decoded."""
+        if not len(sel):
+            return
+        self.counts["tunnel:" + tunnel] += len(sel)
+        cols = ("src_hi", "src_lo", "dst_hi", "dst_lo", "sport", "dport", "proto", "ip_len", "flags", "ver")
+        if self.fb is None:
+            self.fb = {c: np.zeros_like(getattr(self, c)) for c in cols}
+            self.fb_ok = np.zeros(len(self.kind), dtype=bool)
+        for c in cols:
+            self.fb[c][sel] = getattr(self, c)[sel]
+        self.fb_ok[sel] = True
+
+    def mark_fragments(self, sel: np.ndarray, first: np.ndarray, later: np.ndarray, ident: np.ndarray,
+                       proto: np.ndarray) -> None:
+        """Record the fragment state and key (src, dst, proto, id) of fragmented headers."""
+        isf = first | later
+        if not isf.any():
+            return
+        if self.fk is None:
+            n = len(self.kind)
+            self.fk = {c: np.zeros(n, dtype=np.uint64) for c in ("sh", "sl", "dh", "dl", "pid")}
+            self.fragst = np.zeros(n, dtype=np.int8)
+        s = sel[isf]
+        self.fragst[s] = np.where(later[isf], 2, 1)
+        self.fk["sh"][s] = self.src_hi[s]
+        self.fk["sl"][s] = self.src_lo[s]
+        self.fk["dh"][s] = self.dst_hi[s]
+        self.fk["dl"][s] = self.dst_lo[s]
+        self.fk["pid"][s] = (proto[isf].astype(np.uint64) << np.uint64(32)) | ident[isf].astype(np.uint64)
+
+    # -- link layers ---------------------------------------------------------------------
+    def link(self, linktype: np.ndarray) -> None:
+        lts = np.unique(linktype)
+        if len(lts) == 1:
+            groups = [(int(lts[0]), np.arange(len(linktype)))]
+        else:
+            groups = [(int(v), np.nonzero(linktype == v)[0]) for v in lts]
+        # PPI: a pseudo-header with its own length and the real DLT inside
+        if any(v == 192 for v, _ in groups):
+            lt = linktype.astype(np.int64)
+            sel = np.nonzero(lt == 192)[0]
+            ok = self.need(sel, 8)
+            self.drop(sel[~ok], TRUNCATED)
+            s = sel[ok]
+            c = self.cur[s]
+            hlen = self.d[c + 2].astype(np.int64) | (self.d[c + 3].astype(np.int64) << 8)
+            dlt = (self.d[c + 4].astype(np.int64) | (self.d[c + 5].astype(np.int64) << 8)
+                   | (self.d[c + 6].astype(np.int64) << 16) | (self.d[c + 7].astype(np.int64) << 24))
+            self.cur[s] = c + hlen
+            lt[s] = np.where(dlt == 192, -1, dlt)
+            lt[sel[~ok]] = -2
+            groups = [(int(v), np.nonzero(lt == v)[0]) for v in np.unique(lt) if v >= 0]
+        for v, sel in groups:
+            if v == 1:
+                self._ethernet(sel)
+            elif v in (101, 12, 14):
+                self.kind[sel] = IPVER
+            elif v == 228:
+                self.kind[sel] = IPV4
+            elif v == 229:
+                self.kind[sel] = IPV6
+            elif v == 113:  # Linux cooked v1: protocol at 14, header 16
+                self._fixed_etype(sel, 16, 14)
+            elif v == 276:  # Linux cooked v2: protocol at 0, header 20
+                self._fixed_etype(sel, 20, 0)
+            elif v == 104:  # Cisco HDLC: address, control, ethertype
+                self._fixed_etype(sel, 4, 2)
+            elif v in (0, 108):
+                self._null(sel)
+            elif v in (9, 50):
+                self.kind[sel] = PPP
+            else:
+                self.drop(sel, UNSUPPORTED)
+                self.counts[("linktype", v)] += len(sel)
+
+    def _ethernet(self, sel: np.ndarray) -> None:
+        self._fixed_etype(sel, 14, 12)
+
+    def _fixed_etype(self, sel: np.ndarray, hlen: int, at: int) -> None:
+        ok = self.need(sel, hlen)
+        self.drop(sel[~ok], TRUNCATED)
+        s = sel[ok]
+        c = self.cur[s]
+        self.aux[s] = _be16(self.d, c + at)
+        self.cur[s] = c + hlen
+        self.kind[s] = ETYPE
+
+    def _null(self, sel: np.ndarray) -> None:
+        ok = self.need(sel, 5)
+        self.drop(sel[~ok], TRUNCATED)
+        s = sel[ok]
+        m = _mat(self.d, self.cur[s], 4).astype(np.int64)
+        le = m[:, 0] | (m[:, 1] << 8) | (m[:, 2] << 16) | (m[:, 3] << 24)
+        be = m[:, 3] | (m[:, 2] << 8) | (m[:, 1] << 16) | (m[:, 0] << 24)
+        ip = np.isin(le, AF_INET_VALUES) | np.isin(be, AF_INET_VALUES)
+        self.drop(s[~ip], NON_IP)
+        s = s[ip]
+        self.cur[s] += 4
+        self.kind[s] = IPVER
+
+    # -- layer handlers ------------------------------------------------------------------
+    def do_etype(self, sel: np.ndarray) -> None:
+        v = self.aux[sel]
+        isvlan = np.isin(v, VLAN_TYPES)
+        if isvlan.any():
+            s = sel[isvlan]
+            ok = self.need(s, 4)
+            self.drop(s[~ok], TRUNCATED)
+            s = s[ok]
+            c = self.cur[s]
+            first = s[~self.vlan_set[s]]
+            if len(first):
+                self.vlan[first] = _be16(self.d, self.cur[first]) & 0x0FFF
+                self.vlan_set[first] = True
+            self.aux[s] = _be16(self.d, c + 2)
+            self.cur[s] = c + 4
+            # kind stays ETYPE: handled in the next pass
+            sel, v = sel[~isvlan], v[~isvlan]
+        k = np.full(len(sel), NON_IP, dtype=np.int8)
+        k[v == 0x0800] = IPV4
+        k[v == 0x86DD] = IPV6
+        k[(v == 0x8847) | (v == 0x8848)] = MPLS
+        k[v == 0x6558] = ETH            # transparent Ethernet bridging (GRE, NVGRE)
+        k[v == 0x880B] = PPP            # PPP in GRE (PPTP)
+        pppoe = v == 0x8864
+        erspan = v == 0x88BE
+        fabricpath = v == 0x8903        # Cisco FabricPath: 2 more bytes, then the inner Ethernet frame
+        k[fabricpath] = ETH
+        self.cur[sel[fabricpath]] += 2
+        k[pppoe] = PPP
+        k[erspan] = ETH
+        self.kind[sel] = k
+        if pppoe.any():
+            s = sel[pppoe]
+            ok = self.need(s, 6)
+            self.drop(s[~ok], TRUNCATED)
+            self.cur[s[ok]] += 6
+            self.counts["pppoe"] += int(ok.sum())
+        if erspan.any():
+            self.cur[sel[erspan]] += 8
+
+    def do_eth(self, sel: np.ndarray) -> None:
+        self._ethernet(sel)
+
+    def do_ipver(self, sel: np.ndarray) -> None:
+        ok = self.need(sel, 1)
+        self.drop(sel[~ok], TRUNCATED)
+        s = sel[ok]
+        nib = self.d[self.cur[s]] >> 4
+        self.kind[s] = np.where(nib == 4, IPV4, np.where(nib == 6, IPV6, NON_IP)).astype(np.int8)
+
+    def do_mpls(self, sel: np.ndarray) -> None:
+        ok = self.need(sel, 4)
+        self.drop(sel[~ok], TRUNCATED)
+        s = sel[ok]
+        c = self.cur[s]
+        bos = (self.d[c + 2] & 1).astype(bool)
+        self.cur[s] = c + 4
+        b = s[bos]
+        if len(b):
+            # after the bottom label: IP by version nibble, or a pseudowire control word + Ethernet
+            ok2 = self.need(b, 1)
+            self.drop(b[~ok2], TRUNCATED)
+            b = b[ok2]
+            nib = self.d[self.cur[b]] >> 4
+            pw = nib == 0
+            self.cur[b[pw]] += 4
+            self.kind[b] = np.where(pw, ETH, IPVER).astype(np.int8)
+        self.counts["mpls"] += int(bos.sum())
+
+    def do_ppp(self, sel: np.ndarray) -> None:
+        ok = self.need(sel, 2)
+        self.drop(sel[~ok], TRUNCATED)
+        s = sel[ok]
+        c = self.cur[s]
+        d = self.d
+        cisco = ((d[c] == 0x0F) | (d[c] == 0x8F)) & (d[c + 1] == 0x00)
+        if cisco.any():             # Cisco HDLC framing under a PPP link type: an ethertype follows
+            self._fixed_etype(s[cisco], 4, 2)
+            s, c = s[~cisco], c[~cisco]
+        hdlc = (d[c] == 0xFF) & (d[c + 1] == 0x03)
+        c = c + np.where(hdlc, 2, 0)
+        ok = c + 2 <= self.end[s]
+        self.drop(s[~ok], TRUNCATED)
+        s, c = s[ok], c[ok]
+        short = (d[c] & 1).astype(bool)          # protocol field compressed to one byte
+        pr = np.where(short, d[c].astype(np.int64), _be16(d, c))
+        self.cur[s] = c + np.where(short, 1, 2)
+        k = np.full(len(s), NON_IP, dtype=np.int8)
+        k[pr == 0x21] = IPV4
+        k[pr == 0x57] = IPV6
+        k[(pr == 0x281) | (pr == 0x283)] = MPLS
+        self.kind[s] = k
+
+    def do_ipv4(self, sel: np.ndarray) -> None:
+        ok = self.need(sel, 20)
+        self.drop(sel[~ok], TRUNCATED)
+        s = sel[ok]
+        c = self.cur[s]
+        m = _mat(self.d, c, 20)
+        b0 = m[:, 0]
+        ihl = (b0 & 0x0F).astype(np.int64) * 4
+        good = ((b0 >> 4) == 4) & (ihl >= 20)
+        if not good.all():
+            self.drop(s[~good], MALFORMED)
+            s, c, m, ihl = s[good], c[good], m[good], ihl[good]
+        self.src_hi[s] = 0
+        self.dst_hi[s] = 0
+        self.src_lo[s] = np.ascontiguousarray(m[:, 12:16]).view(">u4").ravel().astype(np.uint64) | IPV4_MAPPED
+        self.dst_lo[s] = np.ascontiguousarray(m[:, 16:20]).view(">u4").ravel().astype(np.uint64) | IPV4_MAPPED
+        self.ip_len[s] = (m[:, 2].astype(np.uint32) << 8) | m[:, 3]
+        proto = m[:, 9]
+        self.proto[s] = proto
+        self.ver[s] = 4
+        self.sport[s] = 0
+        self.dport[s] = 0
+        self.flags[s] = 0
+        fo = ((m[:, 6].astype(np.int64) & 0x1F) << 8) | m[:, 7]
+        later = fo != 0
+        first = ((m[:, 6] & 0x20) != 0) & ~later
+        if later.any() or first.any():
+            ident = (m[:, 4].astype(np.int64) << 8) | m[:, 5]
+            self.mark_fragments(s, first, later, ident, proto)
+            self.counts["fragments"] += int((first | later).sum())
+        self.cur[s] = c + ihl
+        self.aux[s] = proto
+        self.kind[s] = np.where(later, DONE, PROTO).astype(np.int8)
+
+    def do_ipv6(self, sel: np.ndarray) -> None:
+        ok = self.need(sel, 40)
+        self.drop(sel[~ok], TRUNCATED)
+        s = sel[ok]
+        c = self.cur[s]
+        m = _mat(self.d, c, 40)
+        good = (m[:, 0] >> 4) == 6
+        if not good.all():
+            self.drop(s[~good], MALFORMED)
+            s, c, m = s[good], c[good], m[good]
+        a = np.ascontiguousarray(m[:, 8:40]).view(">u8").astype(np.uint64)
+        self.src_hi[s], self.src_lo[s], self.dst_hi[s], self.dst_lo[s] = a[:, 0], a[:, 1], a[:, 2], a[:, 3]
+        self.ip_len[s] = ((m[:, 4].astype(np.uint32) << 8) | m[:, 5]) + 40
+        self.proto[s] = m[:, 6]
+        self.ver[s] = 6
+        self.sport[s] = 0
+        self.dport[s] = 0
+        self.flags[s] = 0
+        self.cur[s] = c + 40
+        self.aux[s] = m[:, 6]
+        self.kind[s] = PROTO
+
+    def do_proto(self, sel: np.ndarray) -> None:
+        nh = self.aux[sel]
+        self.proto[sel] = nh
+        self.kind[sel] = DONE           # default: a port-less L4 protocol or a cut header
+        d = self.d
+        # TCP / UDP / UDP-Lite / SCTP / DCCP: ports
+        ported = np.isin(nh, (6, 17, 132, 33, 136))
+        if ported.any():
+            s = sel[ported]
+            ok = self.need(s, 4)
+            s = s[ok]
+            c = self.cur[s]
+            self.sport[s] = _be16(d, c)
+            self.dport[s] = _be16(d, c + 2)
+            tcp = self.aux[s] == 6
+            if tcp.any():
+                t = s[tcp]
+                okf = self.need(t, 14)
+                t = t[okf]
+                self.flags[t] = d[self.cur[t] + 13]
+            udp = self.aux[s] == 17
+            if udp.any():
+                u = s[udp]
+                sp, dp = self.sport[u], self.dport[u]
+                # VXLAN: UDP 4789 with the I flag -> inner Ethernet
+                vx = (dp == 4789) & self.need(u, 16)
+                if vx.any():
+                    v = u[vx]
+                    v = v[(d[self.cur[v] + 8] & 0x08) != 0]
+                    self.save_fallback(v, "vxlan")
+                    self.cur[v] += 16
+                    self.kind[v] = ETH
+                cw = ((dp == 5247) | (sp == 5247)) & self.need(u, 10)
+                if cw.any():
+                    g = u[cw]
+                    self.save_fallback(g, "capwap")
+                    self.cur[g] += 8
+                    self.kind[g] = CAPWAP
+                gt = ((dp == 2152) | (sp == 2152)) & self.need(u, 16)
+                if gt.any():
+                    g = u[gt]
+                    self.save_fallback(g, "gtp")
+                    self.cur[g] += 8
+                    self.kind[g] = GTP
+        ext = np.isin(nh, (0, 43, 60)) & (self.ver[sel] == 6)
+        if ext.any():
+            s = sel[ext]
+            ok = self.need(s, 2)
+            s = s[ok]
+            c = self.cur[s]
+            self.aux[s] = d[c]
+            self.cur[s] = c + (d[c + 1].astype(np.int64) + 1) * 8
+            self.kind[s] = PROTO
+        ah = nh == 51
+        if ah.any():
+            s = sel[ah]
+            ok = self.need(s, 2)
+            s = s[ok]
+            c = self.cur[s]
+            self.aux[s] = d[c]
+            self.cur[s] = c + (d[c + 1].astype(np.int64) + 2) * 4
+            self.kind[s] = PROTO
+        fr = (nh == 44) & (self.ver[sel] == 6)
+        if fr.any():
+            s = sel[fr]
+            ok = self.need(s, 8)
+            s = s[ok]
+            c = self.cur[s]
+            nxt = d[c].astype(np.int64)
+            w = _be16(d, c + 2)
+            later = (w >> 3) != 0
+            first = ((w & 1) != 0) & ~later
+            self.proto[s] = nxt
+            self.mark_fragments(s, first, later, _be32(d, c + 4), nxt)
+            self.counts["fragments"] += int((first | later).sum())
+            self.cur[s] = c + 8
+            self.aux[s] = nxt
+            self.kind[s] = np.where(later, DONE, PROTO).astype(np.int8)
+        for code, kind, name in ((4, IPV4, "ipip"), (41, IPV6, "6in4"), (47, GRE, "gre")):
+            t = nh == code
+            if t.any():
+                s = sel[t]
+                s = s[self.need(s, 1)]
+                self.save_fallback(s, name)
+                self.kind[s] = kind
+
+    def do_gre(self, sel: np.ndarray) -> None:
+        ok = self.need(sel, 4)
+        self.drop(sel[~ok], TRUNCATED)
+        s = sel[ok]
+        c = self.cur[s]
+        fl = _be16(self.d, c)
+        ver = fl & 7
+        hl = np.where(ver == 0,
+                      4 + 4 * ((fl & 0xC000) != 0) + 4 * ((fl & 0x2000) != 0) + 4 * ((fl & 0x1000) != 0),
+                      8 + 4 * ((fl & 0x1000) != 0) + 4 * ((fl & 0x0080) != 0))
+        good = ((ver == 0) & ((fl & 0x4000) == 0)) | (ver == 1)
+        self.drop(s[~good], MALFORMED)
+        s, c, hl = s[good], c[good], hl[good]
+        self.aux[s] = _be16(self.d, c + 2)
+        self.cur[s] = c + hl
+        self.kind[s] = ETYPE
+
+    def do_gtp(self, sel: np.ndarray) -> None:
+        d = self.d
+        c = self.cur[sel]
+        fl = d[c]
+        gpdu = ((fl >> 5) == 1) & ((fl & 0x10) != 0) & (d[c + 1] == 0xFF)
+        self.drop(sel[~gpdu], NON_IP)
+        s, c, fl = sel[gpdu], c[gpdu], fl[gpdu]
+        hl = np.where((fl & 0x07) != 0, 12, 8).astype(np.int64)
+        ok = c + hl <= self.end[s]
+        if not ok.all():
+            self.drop(s[~ok], TRUNCATED)
+            s, c, fl, hl = s[ok], c[ok], fl[ok], hl[ok]
+        # extension headers: (length in 4-byte units, ..., next type) chained from byte 11
+        e = (fl & 0x04) != 0
+        if e.any():
+            nxt = np.zeros(len(s), dtype=np.int64)
+            nxt[e] = d[c[e] + 11]
+            for _ in range(8):
+                go = nxt != 0
+                if not go.any():
+                    break
+                have = c + hl + 1 <= self.end[s]
+                go &= have
+                ln = np.zeros(len(s), dtype=np.int64)
+                ln[go] = d[(c + hl)[go]].astype(np.int64) * 4
+                bad = go & ((ln == 0) | (c + hl + ln > self.end[s]))
+                go &= ~bad
+                nxt[bad | ~have] = 0
+                hl = hl + ln * go
+                nxt[go] = d[(c + hl - 1)[go]]
+        self.cur[s] = c + hl
+        self.kind[s] = IPVER
+        self.counts["gtp"] += len(s)
+
+    def do_capwap(self, sel: np.ndarray) -> None:
+        """CAPWAP data (UDP 5247) carrying 802.11 data frames: header, 802.11 header, LLC/SNAP."""
+        d = self.d
+        c = self.cur[sel]
+        hl = ((d[c + 1] & 0xF8).astype(np.int64)) >> 1
+        w = c + hl
+        ok = ((d[c] & 0x0F) == 0) & (w + 33 <= self.end[sel])
+        s, w = sel[ok], w[ok]
+        ok2 = d[w + 1] == 0x08
+        s, w = s[ok2], w[ok2]
+        self.drop(np.setdiff1d(sel, s, assume_unique=True), NON_IP)
+        self.aux[s] = _be16(d, w + 30)
+        self.cur[s] = w + 32
+        self.kind[s] = ETYPE
+
+    HANDLERS = {CAPWAP: do_capwap, ETYPE: do_etype, ETH: do_eth, IPVER: do_ipver, IPV4: do_ipv4, IPV6: do_ipv6,
+                PROTO: do_proto, MPLS: do_mpls, PPP: do_ppp, GRE: do_gre, GTP: do_gtp}
+
+    def run(self) -> None:
+        kind = self.kind
+        for _ in range(MAX_PASSES):
+            act = np.nonzero(kind > 0)[0]
+            if not len(act):
+                return
+            ka = kind[act]
+            lo, hi = int(ka.min()), int(ka.max())
+            if lo == hi:
+                self.HANDLERS[lo](self, act)
+                continue
+            for k in np.unique(ka).tolist():
+                self.HANDLERS[k](self, act[ka == k])
+        kind[kind > 0] = TOO_DEEP
+
+
+class Decoder:
+    """Decodes ``FrameBatch`` objects into ``PacketBatch`` objects (vectorised).
+
+    State kept across batches: the flow of each recent first IP fragment (bounded
+    by ``max_fragments``), so later fragments join their flow. ``stats`` counts
+    frames, packets, left-out frames by reason, unsupported link types by number,
+    tunnels by kind and fragments; ``warnings`` holds one message per unsupported
+    link type seen.
+    """
+
+    def __init__(self, *, max_fragments: int = 65536):
+        if max_fragments < 1:
+            raise ValueError(f"max_fragments must be >= 1, got {max_fragments}")
+        self.max_fragments = int(max_fragments)
+        self._frags: OrderedDict = OrderedDict()
+        self.warnings: list[str] = []
+        self.stats: dict = {"frames": 0, "packets": 0, "skipped": 0, "non_ip": 0, "truncated": 0,
+                            "malformed": 0, "too_deep": 0, "unsupported": 0,
+                            "unsupported_linktype": Counter(), "tunnels": Counter(),
+                            "tunnel_fallback": 0, "fragments": 0, "fragments_unmatched": 0,
+                            "mpls": 0, "pppoe": 0}
+
+    def decode(self, frames: FrameBatch) -> PacketBatch:
+        n = len(frames)
+        st = self.stats
+        st["frames"] += n
+        if n == 0:
+            return PacketBatch.empty()
+        w = _Work(frames, self)
+        w.link(np.asarray(frames.linktype))
+        w.run()
+        kind = w.kind
+        if w.fb is not None:
+            back = (kind < 0) & w.fb_ok
+            if back.any():
+                for c, a in w.fb.items():
+                    getattr(w, c)[back] = a[back]
+                kind[back] = DONE
+                st["tunnel_fallback"] += int(back.sum())
+        ok = kind == DONE
+        for code, name in DROP_NAMES.items():
+            c = int(np.count_nonzero(kind == code))
+            if c:
+                st[name] += c
+        for key, c in w.counts.items():
+            if isinstance(key, tuple):
+                lt = key[1]
+                if lt not in st["unsupported_linktype"]:
+                    self.warnings.append(
+                        f"unsupported link type {lt} ({LINKTYPE_NAMES.get(lt, 'unknown')}): "
+                        "its frames are skipped")
+                st["unsupported_linktype"][lt] += c
+            elif key.startswith("tunnel:"):
+                st["tunnels"][key[7:]] += c
+            else:
+                st[key] = st.get(key, 0) + c
+        if w.fragst is not None:
+            self._fragments(w, ok)
+        idx = np.nonzero(ok)[0]
+        skipped = n - len(idx)
+        st["skipped"] += skipped
+        st["packets"] += len(idx)
+        all_ok = skipped == 0
+
+        def col(a: np.ndarray) -> np.ndarray:
+            return a if all_ok else a[idx]
+
+        return PacketBatch(
+            ts=np.ascontiguousarray(col(frames.ts), dtype=np.float64),
+            src_hi=col(w.src_hi), src_lo=col(w.src_lo), dst_hi=col(w.dst_hi), dst_lo=col(w.dst_lo),
+            sport=col(w.sport), dport=col(w.dport), proto=col(w.proto), ip_len=col(w.ip_len),
+            wire_len=np.ascontiguousarray(col(frames.wire_len), dtype=np.uint32),
+            tcp_flags=col(w.flags), vlan=col(w.vlan), ip_version=col(w.ver), skipped=skipped)
+
+    def _fragments(self, w: _Work, ok: np.ndarray) -> None:
+        """Give later fragments the flow of their first fragment (Python loop: fragments only)."""
+        rows = np.nonzero((w.fragst != 0) & ok)[0]
+        if not len(rows):
+            return
+        fk = w.fk
+        keys = zip(fk["sh"][rows].tolist(), fk["sl"][rows].tolist(), fk["dh"][rows].tolist(),
+                   fk["dl"][rows].tolist(), fk["pid"][rows].tolist())
+        state = self._frags
+        cols = ("src_hi", "src_lo", "dst_hi", "dst_lo", "sport", "dport", "proto", "ver")
+        vals = [getattr(w, c) for c in cols]
+        unmatched = 0
+        for r, st, key in zip(rows.tolist(), w.fragst[rows].tolist(), keys):
+            if st == 1:
+                state[key] = tuple(v[r] for v in vals)
+                state.move_to_end(key)
+                if len(state) > self.max_fragments:
+                    state.popitem(last=False)
+            else:
+                flow = state.get(key)
+                if flow is None:
+                    unmatched += 1
+                    continue
+                for v, x in zip(vals, flow):
+                    v[r] = x
+        self.stats["fragments_unmatched"] += unmatched
