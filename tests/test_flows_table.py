@@ -1,0 +1,205 @@
+"""FlowTable behaviour: compared packet by packet against a plain reference table."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from test_flows_helpers import RefTable, make_batch, random_batch
+from trafficsnn.flows import EveryK, FlowTable
+from trafficsnn.packets.batch import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, PacketBatch
+
+ACK, SYN, FIN, RST = TCP_ACK, TCP_SYN, TCP_FIN, TCP_RST
+
+
+def _batches(rng, n_batches=6, tcp_close=True):
+    out, t0 = [], 0.0
+    for _ in range(n_batches):
+        b = random_batch(rng, int(rng.integers(1, 200)), n_keys=int(rng.integers(1, 30)), t0=t0,
+                         rate=float(rng.choice([1, 10, 100])), tcp_close=tcp_close)
+        out.append(b)
+        t0 = float(b.ts[-1]) + float(rng.choice([0, 1, 5]))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_matches_reference(seed):
+    rng = np.random.default_rng(seed)
+    for trial in range(6):
+        idle = [None, 0.5, 2.0][trial % 3]
+        act = [None, 3.0, 10.0][(trial + seed) % 3]
+        tc = bool((trial + seed) % 2)
+        bs = _batches(rng, tcp_close=tc)
+        t = FlowTable(idle_timeout=idle, active_timeout=act, tcp_close=tc, max_flows=None)
+        r = RefTable(idle, act, tc)
+        out = []
+        for b in bs:
+            out += t.add(b)
+            r.add(b)
+        out += t.flush()
+        ref = r.flush()
+        out.sort(key=lambda f: f.flow_id)
+        assert [f.flow_id for f in out] == [g["fid"] for g in ref]
+        for f, g in zip(out, ref):
+            assert f.end_reason == g["reason"]
+            assert f.ts.tolist() == g["ts"]
+            assert f.direction.tolist() == g["dir"]
+            assert f.size.tolist() == g["size"]
+            assert f.c2s_pkts == g["dir"].count(0) and f.s2c_pkts == g["dir"].count(1)
+        assert t.stats["flows_created"] == len(ref) == t.stats["flows_ended"]
+        assert len(t) == 0
+
+
+def test_batching_does_not_matter():
+    rng = np.random.default_rng(7)
+    whole = PacketBatch.concat(_batches(rng))
+    res = []
+    for cuts in ([len(whole)], [1] * 50 + [len(whole)], [37, 200, len(whole)]):
+        t = FlowTable(idle_timeout=1.0, active_timeout=5.0)
+        out, a = [], 0
+        for c in cuts:
+            b = whole.take(np.arange(a, min(c, len(whole))))
+            a = min(c, len(whole))
+            if len(b):
+                out += t.add(b)
+        out += t.flush()
+        res.append(sorted((f.flow_id, f.end_reason, tuple(f.ts)) for f in out))
+    assert res[0] == res[1] == res[2]
+
+
+def test_client_is_first_sender_or_syn_sender():
+    b = make_batch([
+        (0.0, 1, 1000, 2, 80, 6, 60, SYN),          # flow A: client 1
+        (0.1, 2, 80, 1, 1000, 6, 60, SYN | ACK),
+        (0.2, 4, 443, 3, 2000, 6, 60, SYN | ACK),   # flow B: SYN missed -> client is 3
+        (0.3, 3, 2000, 4, 443, 6, 52, ACK),
+        (0.4, 6, 53, 5, 3000, 17, 100, 0),          # flow C (UDP): first sender 6
+    ])
+    t = FlowTable()
+    flows = sorted(t.add(b) + t.flush(), key=lambda f: f.flow_id)
+    ka, kb, kc = (f.key for f in flows)
+    assert (ka.client_lo, ka.client_port, ka.server_port) == (1, 1000, 80)
+    assert flows[0].direction.tolist() == [0, 1]
+    assert (kb.client_lo, kb.client_port) == (3, 2000)
+    assert flows[1].direction.tolist() == [1, 0]
+    assert (kc.client_lo, kc.client_port) == (6, 53)
+    assert kc.client_ip == "0.0.0.6" or kc.client_ip.endswith("6")
+
+
+def test_idle_gap_inside_one_batch_splits():
+    b = make_batch([(0, 1, 1, 2, 2, 17, 50, 0), (1, 2, 2, 1, 1, 17, 50, 0),
+                    (200, 1, 1, 2, 2, 17, 50, 0), (201, 1, 1, 2, 2, 17, 50, 0)])
+    t = FlowTable(idle_timeout=120)
+    fl = t.add(b)
+    assert [(f.end_reason, len(f.ts)) for f in fl] == [("idle", 2)]
+    rest = t.flush()
+    assert [(r.end_reason, len(r.ts)) for r in rest] == [("eof", 2)]
+
+
+def test_tcp_close_fin_both_sides_and_rst():
+    b = make_batch([(0, 1, 5, 2, 80, 6, 60, SYN), (1, 2, 80, 1, 5, 6, 60, SYN | ACK),
+                    (2, 1, 5, 2, 80, 6, 52, FIN | ACK), (3, 2, 80, 1, 5, 6, 52, FIN | ACK),
+                    (4, 1, 5, 2, 80, 6, 52, ACK),        # last ACK: a new (1-packet) flow
+                    (5, 1, 6, 2, 80, 6, 52, ACK), (6, 2, 80, 1, 6, 6, 40, RST)])
+    t = FlowTable(tcp_close=True)
+    fl = t.add(b)
+    assert sorted((f.end_reason, f.packets) for f in fl) == [("fin", 4), ("rst", 2)]
+    assert [(f.end_reason, f.packets) for f in t.flush()] == [("eof", 1)]
+    t2 = FlowTable(tcp_close=False)
+    assert t2.add(b) == [] and sorted(f.packets for f in t2.flush()) == [2, 5]
+
+
+def test_advance_expires_quiet_flows():
+    t = FlowTable(idle_timeout=10, active_timeout=None)
+    assert t.add(make_batch([(100, 1, 1, 2, 2, 17, 50, 0)])) == []
+    assert t.advance(105) == []
+    out = t.advance(111)
+    assert [f.end_reason for f in out] == ["idle"] and len(t) == 0
+
+
+def test_lru_cap_evicts_oldest_and_counts():
+    rows = [(float(i), 10 + i, 1, 2, 2, 17, 50, 0) for i in range(10)]
+    t = FlowTable(max_flows=4)
+    out = t.add(make_batch(rows))
+    assert sorted(f.key.client_lo for f in out) == [10, 11, 12, 13, 14, 15]
+    assert all(f.end_reason == "evicted" for f in out)
+    assert t.stats["evicted"] == 6 and len(t) == 4
+
+
+def test_max_packets_keeps_counters():
+    rows = [(0.01 * i, 1, 1, 2, 2, 17, 50 + i, 0) for i in range(100)]
+    t = FlowTable(max_packets=10)
+    t.add(make_batch(rows[:55]))
+    t.add(make_batch(rows[55:]))
+    (f,) = t.flush()
+    assert len(f.ts) == 10 and f.packets == 100 and f.size[-1] == 59
+    assert t.stats["packets_not_stored"] == 90
+
+
+def test_vlan_and_proto_separate_flows():
+    b = make_batch([(0, 1, 1, 2, 2, 17, 50, 0, 0), (1, 1, 1, 2, 2, 17, 50, 0, 7), (2, 1, 1, 2, 2, 6, 50, 0, 0)])
+    t = FlowTable()
+    t.add(b)
+    assert len(t.flush()) == 3
+
+
+def test_memory_is_compacted():
+    rng = np.random.default_rng(3)
+    t = FlowTable(idle_timeout=0.5, active_timeout=None)
+    t0 = 0.0
+    for _ in range(40):
+        b = random_batch(rng, 5000, n_keys=500, t0=t0, rate=2000)
+        t0 = float(b.ts[-1]) + 1.0
+        t.add(b)
+    assert t._store.n < 4 * 5000 + (1 << 17)
+
+
+@pytest.mark.parametrize("window", [None, 1.0])
+def test_every_k_updates_reassemble_the_flow(window):
+    rng = np.random.default_rng(11)
+    bs = _batches(rng, n_batches=8)
+    whole = FlowTable(idle_timeout=2.0, active_timeout=10.0)
+    stream = FlowTable(idle_timeout=2.0, active_timeout=10.0, policy=EveryK(5, window_s=window))
+    flows, ups = [], []
+    for b in bs:
+        flows += whole.add(b)
+        ups += stream.add(b)
+    flows += whole.flush()
+    ups += stream.flush()
+    by = {}
+    for u in ups:
+        by.setdefault(u.flow_id, []).append(u)
+    assert sorted(by) == sorted(f.flow_id for f in flows)
+    for f in flows:
+        us = by[f.flow_id]
+        assert us[-1].final and us[-1].reason == f.end_reason
+        assert sum(u.final for u in us) == 1
+        seq = 0
+        for u in us:
+            assert u.seq == seq and u.key == f.key and u.start_ts == f.first_ts
+            seq += len(u)
+            assert len(u) <= 5
+            if window is None and not u.final:
+                assert len(u) == 5
+            if window is not None and len(u):
+                w = np.floor((u.ts - f.first_ts) / window)
+                assert w.min() == w.max()
+        assert np.array_equal(np.concatenate([u.ts for u in us]), f.ts)
+        assert np.array_equal(np.concatenate([u.direction for u in us]), f.direction)
+
+
+def test_every_k_window_flush_by_clock():
+    t = FlowTable(idle_timeout=100, policy=EveryK(10, window_s=5.0))
+    assert t.add(make_batch([(0, 1, 1, 2, 2, 17, 50, 0), (1, 2, 2, 1, 1, 17, 60, 0)])) == []
+    (u,) = t.advance(5.5)
+    assert (u.seq, len(u), u.final) == (0, 2, False)
+    (v,) = t.flush()
+    assert v.final and len(v) == 0 and v.seq == 2
+
+
+def test_bad_options():
+    with pytest.raises(ValueError):
+        FlowTable(idle_timeout=0)
+    with pytest.raises(ValueError):
+        EveryK(0)
+    with pytest.raises(ValueError):
+        FlowTable().flush(reason="bogus")

@@ -1,0 +1,176 @@
+"""The extract file: flows as columns in one .npz (no pickle), plus JSON lines for people.
+
+Layout of the .npz (``FORMAT`` = "trafficsnn-flows", ``VERSION`` = 1):
+  meta                 JSON string: format, version, tool version, inputs, options, counts
+  flow-level columns   flow_id, vlan, proto, client_hi/lo/port, server_hi/lo/port,
+                       first_ts, last_ts, c2s_pkts, s2c_pkts, c2s_bytes, s2c_bytes,
+                       end_reason (uint8 index into END_REASONS), offsets (CSR, n_flows + 1)
+  packet-level columns ts, size, direction, wire_len, tcp_flags (flow i's packets are
+                       [offsets[i], offsets[i+1]))
+Written uncompressed by default: reading back is a few memcpy's.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import TrafficSNNError
+from .records import END_REASONS, Flow, FlowKey
+
+FORMAT, VERSION = "trafficsnn-flows", 1
+
+FLOW_COLS = {
+    "flow_id": np.int64, "vlan": np.uint16, "proto": np.uint8,
+    "client_hi": np.uint64, "client_lo": np.uint64, "client_port": np.uint16,
+    "server_hi": np.uint64, "server_lo": np.uint64, "server_port": np.uint16,
+    "first_ts": np.float64, "last_ts": np.float64,
+    "c2s_pkts": np.int64, "s2c_pkts": np.int64, "c2s_bytes": np.int64, "s2c_bytes": np.int64,
+    "end_reason": np.uint8,
+}
+PACKET_COLS = {"ts": np.float64, "size": np.uint32, "direction": np.uint8,
+               "wire_len": np.uint32, "tcp_flags": np.uint8}
+
+
+class FlowColumns:
+    """Accumulates flows into columns (cheap per flow), then writes one .npz."""
+
+    def __init__(self) -> None:
+        self._rows: list[tuple] = []
+        self._pk: dict[str, list[np.ndarray]] = {k: [] for k in PACKET_COLS}
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def add(self, flows: Iterable[Flow]) -> None:
+        r = _REASON_IDX
+        for f in flows:
+            k = f.key
+            self._rows.append((f.flow_id, k.vlan, k.proto, k.client_hi, k.client_lo, k.client_port,
+                               k.server_hi, k.server_lo, k.server_port, f.first_ts, f.last_ts,
+                               f.c2s_pkts, f.s2c_pkts, f.c2s_bytes, f.s2c_bytes, r[f.end_reason],
+                               len(f.ts)))
+            for name, lst in self._pk.items():
+                lst.append(getattr(f, name))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        names = list(FLOW_COLS) + ["_n"]
+        if self._rows:
+            cols = list(zip(*self._rows))
+        else:
+            cols = [[] for _ in names]
+        out = {k: np.asarray(cols[i], dtype=FLOW_COLS[k]) for i, k in enumerate(FLOW_COLS)}
+        n = np.asarray(cols[-1], dtype=np.int64)
+        out["offsets"] = np.concatenate(([0], np.cumsum(n))).astype(np.int64)
+        for k, d in PACKET_COLS.items():
+            out[k] = np.concatenate(self._pk[k]).astype(d, copy=False) if self._pk[k] else np.empty(0, d)
+        return out
+
+
+_REASON_IDX = {r: i for i, r in enumerate(END_REASONS)}
+
+
+def write_flows(path: str | os.PathLike, flows: Iterable[Flow] | FlowColumns, meta: dict | None = None,
+                *, compress: bool = False) -> int:
+    """Write flows to ``path`` (.npz). Returns the number of flows written."""
+    cols = flows if isinstance(flows, FlowColumns) else FlowColumns()
+    if not isinstance(flows, FlowColumns):
+        cols.add(flows)
+    arrays = cols.arrays()
+    m = {"format": FORMAT, "version": VERSION, "n_flows": len(cols),
+         "n_packets": int(arrays["offsets"][-1])}
+    m.update(meta or {})
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        (np.savez_compressed if compress else np.savez)(fh, meta=np.array(json.dumps(m)), **arrays)
+    os.replace(tmp, path)
+    return len(cols)
+
+
+def read_columns(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
+    """The raw columns and the meta dict of an extract file (fastest way in, for training)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise TrafficSNNError(f"{path}: no such flow file (make one with 'trafficsnn extract')") from None
+    except (OSError, ValueError) as err:
+        raise TrafficSNNError(f"{path}: not a readable flow file ({err})") from None
+    try:
+        meta = json.loads(str(arrays.pop("meta")))
+    except (KeyError, ValueError):
+        raise TrafficSNNError(f"{path}: not a trafficsnn flow file (no meta)") from None
+    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        raise TrafficSNNError(f"{path}: unsupported flow file {meta.get('format')} v{meta.get('version')} "
+                              f"(this tool reads {FORMAT} v{VERSION})")
+    missing = (set(FLOW_COLS) | set(PACKET_COLS) | {"offsets"}) - set(arrays)
+    if missing:
+        raise TrafficSNNError(f"{path}: flow file lacks columns {sorted(missing)}")
+    off = arrays["offsets"]
+    if len(off) != len(arrays["flow_id"]) + 1 or (len(off) and off[-1] != len(arrays["ts"])):
+        raise TrafficSNNError(f"{path}: flow file is inconsistent (offsets do not match the packets)")
+    return arrays, meta
+
+
+class FlowSet:
+    """Flows of an extract file: ``len``, indexing and iteration build ``Flow`` views lazily."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], meta: dict):
+        self.columns, self.meta = arrays, meta
+        self._off = arrays["offsets"].tolist()
+
+    def __len__(self) -> int:
+        return len(self._off) - 1
+
+    def __getitem__(self, i: int) -> Flow:
+        c = self.columns
+        if i < 0:
+            i += len(self)
+        a, b = self._off[i], self._off[i + 1]
+        key = FlowKey(int(c["vlan"][i]), int(c["proto"][i]), int(c["client_hi"][i]), int(c["client_lo"][i]),
+                      int(c["client_port"][i]), int(c["server_hi"][i]), int(c["server_lo"][i]),
+                      int(c["server_port"][i]))
+        return Flow(int(c["flow_id"][i]), key, c["ts"][a:b], c["size"][a:b], c["direction"][a:b],
+                    c["wire_len"][a:b], c["tcp_flags"][a:b], END_REASONS[int(c["end_reason"][i])],
+                    int(c["c2s_pkts"][i]), int(c["s2c_pkts"][i]), int(c["c2s_bytes"][i]),
+                    int(c["s2c_bytes"][i]))
+
+    def __iter__(self) -> Iterator[Flow]:
+        for i in range(len(self)):
+            yield self[i]
+
+
+def read_flows(path: str | os.PathLike) -> FlowSet:
+    """Read an extract .npz back: a ``FlowSet`` (sequence of ``Flow``)."""
+    arrays, meta = read_columns(path)
+    return FlowSet(arrays, meta)
+
+
+def flow_to_json(f: Flow) -> dict:
+    """One flow as a JSON-ready dict (times relative to the first packet, in seconds)."""
+    k = f.key
+    rel = (f.ts - f.first_ts) if len(f.ts) else f.ts
+    return {
+        "flow_id": f.flow_id, "vlan": k.vlan, "proto": k.proto,
+        "client_ip": k.client_ip, "client_port": k.client_port,
+        "server_ip": k.server_ip, "server_port": k.server_port,
+        "first_ts": round(f.first_ts, 6), "last_ts": round(f.last_ts, 6),
+        "duration": round(f.duration, 6), "end_reason": f.end_reason,
+        "c2s_pkts": f.c2s_pkts, "s2c_pkts": f.s2c_pkts, "c2s_bytes": f.c2s_bytes, "s2c_bytes": f.s2c_bytes,
+        "t": np.round(rel, 6).tolist(), "size": f.size.tolist(), "dir": f.direction.tolist(),
+        "tcp_flags": f.tcp_flags.tolist(),
+    }
+
+
+def write_jsonl(fh, flows: Iterable[Flow]) -> int:
+    """Write one JSON object per flow to the text stream ``fh``; returns the count."""
+    n = 0
+    for f in flows:
+        fh.write(json.dumps(flow_to_json(f), separators=(",", ":")))
+        fh.write("\n")
+        n += 1
+    return n
