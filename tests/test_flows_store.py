@@ -1,0 +1,60 @@
+"""The extract file round-trips, refuses foreign files, and JSON lines are readable."""
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+
+from test_flows_helpers import random_batch
+from trafficsnn.errors import TrafficSNNError
+from trafficsnn.flows import FlowTable, read_columns, read_flows, write_flows, write_jsonl
+
+
+def _flows():
+    t = FlowTable(idle_timeout=1.0)
+    rng = np.random.default_rng(5)
+    out = t.add(random_batch(rng, 500, n_keys=25))
+    return sorted(out + t.flush(), key=lambda f: f.flow_id)
+
+
+def test_roundtrip(tmp_path):
+    flows = _flows()
+    p = tmp_path / "f.npz"
+    assert write_flows(p, flows, {"inputs": ["x.pcap"]}) == len(flows)
+    back = read_flows(p)
+    assert len(back) == len(flows) and back.meta["inputs"] == ["x.pcap"]
+    assert back.meta["n_packets"] == sum(len(f.ts) for f in flows)
+    for a, b in zip(flows, back):
+        assert a.key == b.key and a.flow_id == b.flow_id and a.end_reason == b.end_reason
+        assert (a.c2s_pkts, a.s2c_pkts, a.c2s_bytes, a.s2c_bytes) == (b.c2s_pkts, b.s2c_pkts, b.c2s_bytes, b.s2c_bytes)
+        for c in ("ts", "size", "direction", "wire_len", "tcp_flags"):
+            assert np.array_equal(getattr(a, c), getattr(b, c)) and getattr(a, c).dtype == getattr(b, c).dtype
+    cols, meta = read_columns(p)
+    assert len(cols["offsets"]) == len(flows) + 1
+
+
+def test_empty_and_bad_files(tmp_path):
+    p = tmp_path / "e.npz"
+    write_flows(p, [], {})
+    assert len(read_flows(p)) == 0
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(TrafficSNNError, match="bad.npz"):
+        read_flows(bad)
+    other = tmp_path / "other.npz"
+    np.savez(other, x=np.zeros(3))
+    with pytest.raises(TrafficSNNError, match="not a trafficsnn flow file"):
+        read_flows(other)
+    with pytest.raises(TrafficSNNError, match="no such"):
+        read_flows(tmp_path / "missing.npz")
+
+
+def test_jsonl():
+    flows = _flows()
+    buf = io.StringIO()
+    assert write_jsonl(buf, flows) == len(flows)
+    rows = [json.loads(x) for x in buf.getvalue().splitlines()]
+    assert rows[0]["client_ip"] == flows[0].key.client_ip
+    assert len(rows[0]["t"]) == len(rows[0]["size"]) == len(flows[0].ts) and rows[0]["t"][0] == 0.0
