@@ -231,3 +231,14 @@ def test_empty_batch():
         data=np.zeros(0, np.uint8), offset=np.zeros(0, np.int64), caplen=np.zeros(0, np.uint32),
         wire_len=np.zeros(0, np.uint32), ts=np.zeros(0), linktype=np.zeros(0, np.uint16)))
     assert len(pb) == 0
+
+
+def test_vlan_inner_option_and_dropping_later_fragments():
+    pkt = ETH / Dot1AD(vlan=100) / Dot1Q(vlan=7) / TCP4
+    assert row(Decoder(vlan="inner").decode(frames([pkt])))["vlan"] == 7
+    frags = fragment(IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1, dport=2) / Raw(b"a" * 3000), fragsize=1000)
+    dec = Decoder(later_fragments="drop")
+    pb = dec.decode(frames([ETH / f for f in frags]))
+    assert len(pb) == 1 and dec.stats["fragments_dropped"] == len(frags) - 1
+    with pytest.raises(ValueError):
+        Decoder(vlan="middle")

@@ -206,7 +206,7 @@ class _Work:
             self.drop(s[~ok], TRUNCATED)
             s = s[ok]
             c = self.cur[s]
-            first = s[~self.vlan_set[s]]
+            first = s if self.dec.vlan == "inner" else s[~self.vlan_set[s]]
             if len(first):
                 self.vlan[first] = _be16(self.d, self.cur[first]) & 0x0FFF
                 self.vlan_set[first] = True
@@ -525,12 +525,24 @@ class Decoder:
     frames, packets, left-out frames by reason, unsupported link types by number,
     tunnels by kind and fragments; ``warnings`` holds one message per unsupported
     link type seen.
+
+    ``vlan``: which tag of a VLAN stack fills the ``vlan`` column: "outer" (the
+    contract's default: the first tag on the wire) or "inner" (the last tag seen,
+    as nDPI counts flows). ``later_fragments``: "join" gives non-first IP
+    fragments the flow of their first fragment; "drop" leaves them out (nDPI's
+    reader does so; counted in ``stats["fragments_dropped"]``).
     """
 
-    def __init__(self, *, max_fragments: int = 65536):
+    def __init__(self, *, max_fragments: int = 65536, vlan: str = "outer", later_fragments: str = "join"):
         if max_fragments < 1:
             raise ValueError(f"max_fragments must be >= 1, got {max_fragments}")
+        if vlan not in ("outer", "inner"):
+            raise ValueError(f"vlan must be 'outer' or 'inner', got {vlan!r}")
+        if later_fragments not in ("join", "drop"):
+            raise ValueError(f"later_fragments must be 'join' or 'drop', got {later_fragments!r}")
         self.max_fragments = int(max_fragments)
+        self.vlan = vlan
+        self.later_fragments = later_fragments
         self._frags: OrderedDict = OrderedDict()
         self.warnings: list[str] = []
         self.stats: dict = {"frames": 0, "packets": 0, "skipped": 0, "non_ip": 0, "truncated": 0,
@@ -574,6 +586,10 @@ class Decoder:
             else:
                 st[key] = st.get(key, 0) + c
         if w.fragst is not None:
+            if self.later_fragments == "drop":
+                later = ok & (w.fragst == 2)
+                st["fragments_dropped"] = st.get("fragments_dropped", 0) + int(later.sum())
+                ok &= ~later
             self._fragments(w, ok)
         idx = np.nonzero(ok)[0]
         skipped = n - len(idx)
