@@ -1,0 +1,78 @@
+"""`trafficsnn train`: fit an SNN (or a baseline) on labelled captures."""
+from __future__ import annotations
+
+import click
+
+_HELP_DATA = """DATA is a folder of captures. Labels come from, in this order: --labels CSV
+(flows named by capture file + 5-tuple, nDPI task.csv columns), --rules TOML or an ISCX
+layout (NonVPN-PCAPs/, VPN-PCAPS/, Tor/, NonTor/ folders: labels from file names), or else
+the first sub-folder of each capture (class = sub-folder, as `trafficsnn synth` writes)."""
+
+
+@click.command(name="train", help=f"""Train a model on labelled captures and write it to --out.
+
+{_HELP_DATA}
+
+\b
+Writes into OUT: model.safetensors + model.json (the checkpoint `classify`/`replay`
+load), split.json (sample -> flow -> capture -> split), train_log.jsonl and curves.png,
+state/ (resumable), test_report/ (report.json, report.md, confusion.png), summary.json.
+""")
+@click.argument("data", type=click.Path(exists=True))
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Output model directory.")
+@click.option("--preset", type=click.Choice(["paper", "improved"]), default="improved", show_default=True,
+              help="Input encoding + network + recipe (paper = the reference paper exactly).")
+@click.option("--model", "model_kind", type=click.Choice(["snn", "mlp", "gbt"]), default="snn", show_default=True,
+              help="snn, or a baseline on the same samples: mlp (same input) / gbt (flow statistics).")
+@click.option("--epochs", type=click.IntRange(1), default=None, help="Epochs (default: the preset's).")
+@click.option("--batch-size", type=click.IntRange(1), default=None, help="Batch size (default: the preset's).")
+@click.option("--lr", type=float, default=None, help="Learning rate (default: the preset's).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the split, sampler and weights.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--split", type=click.Choice(["grouped", "paper"]), default="grouped", show_default=True,
+              help="grouped: by capture (and session group), stratified; paper: random window-level "
+                   "65/15/20 (leaks, for comparison only).")
+@click.option("--fractions", nargs=3, type=float, default=(0.6, 0.2, 0.2), show_default=True,
+              help="Grouped split: train, validation, test shares.")
+@click.option("--session-group", "session_groups", multiple=True,
+              help="Captures that are cuts of one session, kept on one side: comma-separated globs "
+                   "(repeatable); 'ndpi' = the nDPI README's groups.")
+@click.option("--manifest", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Reuse the capture sides of a saved split.json.")
+@click.option("--labels", "labels_csv", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Label CSV naming flows by capture file and 5-tuple.")
+@click.option("--rules", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="File-name label rules (TOML); default: the packaged ISCX rules when DATA looks like ISCX.")
+@click.option("--task", type=click.Choice(["all", "encryption", "application"]), default="all", show_default=True,
+              help="ISCX rules: 14 classes, 3 encryption types or 5 applications.")
+@click.option("--max-packets", type=click.IntRange(1), default=None,
+              help="Use only the first N packets of each flow (early classification).")
+@click.option("--min-packets", type=click.IntRange(1), default=10, show_default=True,
+              help="Folder/ISCX sources: skip flows with fewer packets (class-agnostic).")
+@click.option("--hidden", "n_hidden", type=click.IntRange(1), default=None, help="SNN hidden neurons (default: preset).")
+@click.option("--resume", is_flag=True, help="Continue from OUT/state after an interruption.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              help="Sample cache (default $TRAFFICSNN_CACHE or ~/.cache/trafficsnn/samples).")
+@click.option("--no-cache", is_flag=True, help="Do not read or write the sample cache.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars or summary.")
+def command(data, out, preset, model_kind, epochs, batch_size, lr, seed, device, split, fractions, session_groups,
+            manifest, labels_csv, rules, task, max_packets, min_packets, n_hidden, resume, cache_dir, no_cache, quiet):
+    import json
+    import warnings
+
+    from ..train.runner import TrainOptions, expand_session_groups, train_run
+    from ..train.splits import LeakySplitWarning
+
+    opts = TrainOptions(preset=preset, model=model_kind, labels_csv=labels_csv, rules=rules, task=task,
+                        split=split, fractions=tuple(fractions), session_groups=expand_session_groups(session_groups),
+                        seed=seed, epochs=epochs, batch_size=batch_size, lr=lr, device=device,
+                        max_packets=max_packets, min_packets=min_packets, resume=resume, cache_dir=cache_dir,
+                        no_cache=no_cache, quiet=quiet, n_hidden=n_hidden, manifest=manifest)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", LeakySplitWarning)
+        summary = train_run(data, out, opts)
+    for w in caught:
+        if issubclass(w.category, LeakySplitWarning):
+            click.secho(f"WARNING: {w.message}", fg="red", err=True)
+    if not quiet:
+        click.echo(json.dumps(summary, indent=1))

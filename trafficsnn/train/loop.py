@@ -1,0 +1,331 @@
+"""Training loop for the SNN presets and the torch MLP baseline (+ the tree baseline fit).
+
+One loop for every torch model: a class-balanced sampler (inverse class frequency, with
+replacement, one training-set's worth of samples per epoch, as the paper), cross-entropy,
+gradient clipping by value, per-epoch train/validation loss and macro-F1 in a JSON-lines
+log, model selection on validation (improved preset, MLP) or the last epoch (paper
+preset), and resumable state written after each epoch without pickle (safetensors for
+tensors + JSON for the rest). Temperature scaling is fitted on validation at the end.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import ConfigError
+from .metrics import expected_calibration_error, fit_temperature, macro_f1, softmax
+
+log = logging.getLogger(__name__)
+
+# Training recipes. The SNN presets' recipes come from snn.presets.PRESETS[...]["training"]
+# (paper_model.md §4.7 for "paper"); these are the fallbacks and the MLP baseline's recipe.
+RECIPES: dict[str, dict[str, Any]] = {
+    "paper": {"epochs": 30, "batch_size": 128, "lr": 5e-4, "weight_decay": 1e-5, "clip": 5.0,
+              "plateau_on": "train", "plateau_from": 5, "factor": 0.1, "sched_patience": 3,
+              "select": "last", "patience": None},
+    "improved": {"epochs": 40, "batch_size": 128, "lr": 1e-3, "weight_decay": 1e-5, "clip": 5.0,
+                 "plateau_on": "val", "plateau_from": 0, "factor": 0.3, "sched_patience": 3,
+                 "select": "best", "patience": 8},
+    "mlp": {"epochs": 40, "batch_size": 64, "lr": 1e-3, "weight_decay": 1e-4, "clip": 5.0,
+            "plateau_on": "val", "plateau_from": 0, "factor": 0.3, "sched_patience": 3,
+            "select": "best", "patience": 8},
+}
+
+
+def recipe_from_preset(training: dict[str, Any]) -> dict[str, Any]:
+    """Translate snn.presets' ``training`` block into the loop's recipe keys."""
+    r: dict[str, Any] = {}
+    for k in ("epochs", "batch_size", "lr", "weight_decay"):
+        if k in training:
+            r[k] = training[k]
+    if "grad_clip_value" in training:
+        r["clip"] = training["grad_clip_value"]
+    sch = training.get("scheduler") or {}
+    if sch:
+        r["plateau_on"] = "train" if sch.get("monitor") == "train_loss" else "val"
+        r["plateau_from"] = int(sch.get("start_epoch", 0))
+        r["factor"] = float(sch.get("factor", 0.1))
+        r["sched_patience"] = int(sch.get("patience", 3))
+    sel = training.get("selection")
+    if sel:
+        r["select"] = "last" if sel == "last_epoch" else "best"
+    es = training.get("early_stopping")
+    r["patience"] = int(es["patience"]) if es else None
+    return r
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "improved"
+    model: str = "snn"               # snn | mlp | gbt
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    seed: int = 0
+    device: str = "auto"
+    select: str | None = None        # best | last
+    patience: int | None = None
+    mlp_pool: int = 10               # MLP: steps summed per time bin
+    mlp_hidden: int = 128
+    quiet: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def recipe(self) -> dict[str, Any]:
+        if self.model == "mlp":
+            base = dict(RECIPES["mlp"])
+        else:
+            from ..snn.presets import preset
+
+            base = dict(RECIPES[self.preset] if self.preset in RECIPES else RECIPES["improved"])
+            base.update(recipe_from_preset(preset(self.preset).get("training", {})))
+        for k in ("epochs", "batch_size", "lr", "weight_decay", "select", "patience"):
+            v = getattr(self, k)
+            if v is not None:
+                base[k] = v
+        return base
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def balanced_indices(y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One epoch of the paper's WeightedRandomSampler: weight 1/count(class), with replacement."""
+    counts = np.bincount(y)
+    w = 1.0 / counts[y]
+    return rng.choice(len(y), size=len(y), replace=True, p=w / w.sum())
+
+
+# ---------------------------------------------------------------- resumable state (no pickle)
+def _flatten_optimizer(opt) -> tuple[dict, dict]:
+    sd = opt.state_dict()
+    tensors, meta = {}, {"param_groups": sd["param_groups"], "state": {}}
+    for pid, st in sd["state"].items():
+        meta["state"][str(pid)] = {}
+        for k, v in st.items():
+            if hasattr(v, "shape"):
+                tensors[f"opt.{pid}.{k}"] = v.detach().cpu().contiguous()
+                meta["state"][str(pid)][k] = "tensor"
+            else:
+                meta["state"][str(pid)][k] = v
+    return tensors, meta
+
+
+def _unflatten_optimizer(tensors: dict, meta: dict) -> dict:
+    state = {}
+    for pid, st in meta["state"].items():
+        state[int(pid)] = {k: (tensors[f"opt.{pid}.{k}"] if v == "tensor" else v) for k, v in st.items()}
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_state(path: Path, model, opt, sched, meta: dict, best_state: dict | None) -> None:
+    """Everything needed to resume: weights, optimiser, scheduler, RNG, history (atomic)."""
+    import torch
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if best_state is not None:
+        tensors.update({f"best.{k}": v.detach().cpu().contiguous() for k, v in best_state.items()})
+    ot, ometa = _flatten_optimizer(opt)
+    tensors.update(ot)
+    tensors["rng.torch"] = torch.get_rng_state()
+    tmp = path / "state.safetensors.tmp"
+    save_file(tensors, str(tmp))
+    os.replace(tmp, path / "state.safetensors")
+    doc = {**meta, "optimizer": ometa, "scheduler": sched.state_dict() if sched is not None else None,
+           "has_best": best_state is not None}
+    tmpj = path / "state.json.tmp"
+    tmpj.write_text(json.dumps(doc, default=float))
+    os.replace(tmpj, path / "state.json")
+
+
+def load_state(path: Path):
+    from safetensors.torch import load_file
+
+    f, j = path / "state.safetensors", path / "state.json"
+    if not (f.exists() and j.exists()):
+        raise ConfigError(f"--resume: no saved training state in {path}")
+    return load_file(str(f)), json.loads(j.read_text())
+
+
+# ---------------------------------------------------------------- the loop
+@dataclass
+class FitResult:
+    model: Any
+    history: list[dict]
+    best_epoch: int
+    temperature: float
+    val_logits: np.ndarray
+    recipe: dict
+    seconds: float
+
+
+def fit_torch(
+    model,
+    make_input: Callable,
+    train_set,
+    val_set,
+    cfg: TrainConfig,
+    out: Path,
+    resume: bool = False,
+    clamp: Callable | None = None,
+) -> FitResult:
+    """Train ``model`` on ``train_set`` (SampleSet); ``make_input(ds, idx, device)`` builds a batch."""
+    import torch
+    import torch.nn.functional as F
+
+    from ..snn.device import resolve_device
+
+    r = cfg.recipe()
+    device = resolve_device(cfg.device)
+    model.to(device)
+    seed_everything(cfg.seed)
+    opt = torch.optim.Adam(model.parameters(), lr=r["lr"], weight_decay=r["weight_decay"])
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=r["factor"], patience=r["sched_patience"],
+                                                       threshold=1e-4)
+    n_cls = len(train_set.classes)
+    history: list[dict] = []
+    best = {"f1": -1.0, "loss": math.inf, "epoch": -1}
+    best_state = None
+    start_epoch = 0
+    state_dir = out / "state"
+    log_path = out / "train_log.jsonl"
+    if resume:
+        tensors, meta = load_state(state_dir)
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        opt.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
+        if meta.get("scheduler") is not None:
+            sched.load_state_dict(meta["scheduler"])
+        if meta.get("has_best"):
+            best_state = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+        torch.set_rng_state(tensors["rng.torch"])
+        history, best, start_epoch = meta["history"], meta["best"], meta["epoch"] + 1
+        model.to(device)
+    elif log_path.exists():
+        log_path.unlink()
+
+    def run_eval(ds) -> tuple[float, np.ndarray]:
+        model.eval()
+        outs = []
+        with torch.no_grad():
+            for a in range(0, len(ds), 256):
+                idx = np.arange(a, min(a + 256, len(ds)))
+                outs.append(model(make_input(ds, idx, device)).float().cpu())
+        logits = torch.cat(outs) if outs else torch.zeros(0, n_cls)
+        loss = float(F.cross_entropy(logits, torch.as_tensor(ds.y), reduction="mean")) if len(ds) else 0.0
+        return loss, logits.numpy()
+
+    t_start = time.time()
+    bs = int(r["batch_size"])
+    bar = None
+    if not cfg.quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=r["epochs"], initial=start_epoch, desc=f"train {cfg.model}/{cfg.preset}", unit="epoch",
+                   disable=None)
+    stopped = False
+    for epoch in range(start_epoch, r["epochs"]):
+        model.train()
+        order = balanced_indices(train_set.y, np.random.default_rng([cfg.seed, epoch]))
+        tot_loss, preds, trues = 0.0, [], []
+        for a in range(0, len(order), bs):
+            idx = order[a:a + bs]
+            y = torch.as_tensor(train_set.y[idx], device=device)
+            logits = model(make_input(train_set, idx, device))
+            loss = F.cross_entropy(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if r.get("clip"):
+                torch.nn.utils.clip_grad_value_(model.parameters(), r["clip"])
+            opt.step()
+            if clamp is not None:
+                clamp()
+            tot_loss += float(loss) * len(idx)
+            preds.append(logits.argmax(1).cpu().numpy())
+            trues.append(train_set.y[idx])
+        train_loss = tot_loss / max(len(order), 1)
+        train_f1 = macro_f1(np.concatenate(trues), np.concatenate(preds), n_cls)
+        val_loss, val_logits = run_eval(val_set)
+        val_f1 = macro_f1(val_set.y, val_logits.argmax(1), n_cls) if len(val_set) else 0.0
+        if epoch >= r["plateau_from"]:
+            sched.step(train_loss if r["plateau_on"] == "train" or not len(val_set) else val_loss)
+        rec = {"epoch": epoch, "train_loss": train_loss, "train_macro_f1": train_f1, "val_loss": val_loss,
+               "val_macro_f1": val_f1, "lr": opt.param_groups[0]["lr"], "seconds": round(time.time() - t_start, 2)}
+        history.append(rec)
+        with open(log_path, "a") as fh:
+            fh.write(json.dumps(rec) + "\n")
+        improved = (val_f1 > best["f1"] + 1e-9) or (abs(val_f1 - best["f1"]) <= 1e-9 and val_loss < best["loss"])
+        if improved:
+            best = {"f1": val_f1, "loss": val_loss, "epoch": epoch}
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        if r.get("patience") and r["select"] == "best" and epoch - best["epoch"] >= r["patience"]:
+            stopped = True
+        save_state(state_dir, model, opt, sched, {"epoch": epoch, "history": history, "best": best,
+                                                  "config": asdict(cfg), "recipe": r}, best_state)
+        if bar is not None:
+            bar.set_postfix(loss=f"{train_loss:.3f}", val_f1=f"{val_f1:.3f}")
+            bar.update(1)
+        if stopped:
+            log.info("early stop at epoch %d (best %d)", epoch, best["epoch"])
+            break
+    if bar is not None:
+        bar.close()
+    if r["select"] == "best" and best_state is not None:
+        model.load_state_dict(best_state)
+        best_epoch = best["epoch"]
+    else:
+        best_epoch = history[-1]["epoch"] if history else -1
+    model.to(device)
+    _, val_logits = run_eval(val_set)
+    temp = fit_temperature(val_logits, val_set.y) if len(val_set) else 1.0
+    plot_curves(history, out / "curves.png", best_epoch)
+    return FitResult(model, history, best_epoch, temp, val_logits, r, time.time() - t_start)
+
+
+def calibration_summary(val_logits: np.ndarray, y: np.ndarray, temperature: float) -> dict:
+    return {
+        "temperature": float(temperature), "fitted_on": "validation",
+        "val_ece_before": expected_calibration_error(softmax(val_logits), y) if len(y) else None,
+        "val_ece_after": expected_calibration_error(softmax(val_logits, temperature), y) if len(y) else None,
+    }
+
+
+def plot_curves(history: list[dict], path: Path, best_epoch: int | None = None) -> None:
+    """Train/validation loss and macro-F1 per epoch (PNG)."""
+    if not history:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax[0].plot(ep, [h["train_loss"] for h in history], label="train")
+    ax[0].plot(ep, [h["val_loss"] for h in history], label="validation")
+    ax[0].set_xlabel("epoch"), ax[0].set_ylabel("cross-entropy"), ax[0].legend()
+    ax[1].plot(ep, [h["train_macro_f1"] for h in history], label="train")
+    ax[1].plot(ep, [h["val_macro_f1"] for h in history], label="validation")
+    ax[1].set_xlabel("epoch"), ax[1].set_ylabel("macro-F1"), ax[1].set_ylim(0, 1), ax[1].legend()
+    if best_epoch is not None and best_epoch >= 0:
+        for a in ax:
+            a.axvline(best_epoch, color="grey", ls=":", lw=1)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
