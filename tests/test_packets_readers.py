@@ -16,6 +16,8 @@ from trafficsnn.packets.readers import CaptureReader
 PKTS = [bytes(Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / TCP(sport=1000 + i, dport=80) / Raw(b"p" * i))
         for i in range(5)]
 RAW6 = bytes(IPv6(src="::1", dst="::2") / UDP(sport=1, dport=2))
+_T = bytes(Ether() / IP() / UDP(sport=1, dport=9))
+MANY = [_T + b"z" * (i % 40) for i in range(3000)]   # frames of varying length (bytes only matter here)
 
 
 def pcap_bytes(pkts, *, order="<", nano=False, linktype=1, snaplen=65535, ts0=1_600_000_000, version=(2, 4),
@@ -112,7 +114,7 @@ def test_pcap_modified_format_and_other_linktype(tmp_path):
 
 
 def test_small_batches_and_small_chunks_give_the_same_frames(tmp_path):
-    pkts = [bytes(Ether() / IP() / UDP(sport=i, dport=9) / Raw(b"z" * (i % 300))) for i in range(2000)]
+    pkts = [_T + b"z" * (i % 300) for i in range(2000)]
     p = write(tmp_path, pcap_bytes(pkts))
     r = CaptureReader(p, batch_size=7, chunk_size=4096)
     batches = list(r)
@@ -249,3 +251,24 @@ def test_missing_file_raises_capture_error(tmp_path):
 def test_linktype_names():
     assert LINKTYPE_NAMES[1] == "EN10MB" and LINKTYPE_NAMES[276] == "LINUX_SLL2"
     assert isinstance(Decoder().stats, dict)
+
+
+
+
+@pytest.mark.parametrize("bogus", [200, 5000, 0x7FFFFFFF])
+@pytest.mark.parametrize("chunk", [4096, 1 << 20])
+def test_bad_caplen_far_from_the_end_is_caught(tmp_path, bogus, chunk):
+    pkts = MANY
+    data = bytearray(pcap_bytes(pkts, snaplen=96))
+    offs = [24]
+    for p in pkts:
+        offs.append(offs[-1] + 16 + len(p))
+    struct.pack_into("<I", data, offs[1500] + 8, bogus)
+    p = write(tmp_path, bytes(data))
+    r = CaptureReader(p, chunk_size=chunk)
+    got = concat_frames(list(r))
+    assert got == pkts[:1500]
+    assert len(r.errors) == 1 and r.errors[0].offset == offs[1500]
+    # and the same file without damage, read in small chunks with a small snaplen: every frame
+    r = CaptureReader(write(tmp_path, pcap_bytes(pkts, snaplen=96), "ok.pcap"), chunk_size=chunk, batch_size=1000)
+    assert concat_frames(list(r)) == pkts and r.errors == []

@@ -41,8 +41,9 @@ _AR = np.arange(32, dtype=np.int64)
 
 def _gather_u32(d: np.ndarray, offs: np.ndarray, nwords: int, order: str) -> np.ndarray:
     """``nwords`` consecutive 32-bit words at each offset -> (n, nwords) native uint32."""
-    m = d[offs[:, None] + _AR[: 4 * nwords]]
-    return m.view(order + "u4").reshape(len(offs), nwords).astype(np.uint32)
+    w = 4 * nwords
+    win = np.ndarray(shape=(max(len(d) - w + 1, 0),), dtype=np.dtype((np.void, w)), buffer=d, strides=(1,))
+    return win[offs].view(order + "u4").reshape(len(offs), nwords).astype(np.uint32)
 
 
 def _read_fully(f: BinaryIO, n: int) -> bytes:
@@ -176,6 +177,13 @@ class CaptureReader:
             ap = offs.append
             p = 0
             bad = None
+            # fast walk: far from the chunk's end no record can overrun it, so only the
+            # jump is computed here; caplens are validated below, vectorised
+            safe = end - rhl - lim
+            while p <= safe:
+                ap(p)
+                p += rhl + u32(buf, p + 8)[0]
+            # careful walk near the end (skipped if a bogus caplen jumped past it)
             while p + rhl <= end:
                 c = u32(buf, p + 8)[0]
                 if c > lim:
@@ -192,6 +200,13 @@ class CaptureReader:
                 o = np.array(offs, dtype=np.int64)
                 h = _gather_u32(d, o, 4, order)
                 sec, frac, cap, wire = h[:, 0], h[:, 1], h[:, 2], h[:, 3]
+                over = cap > lim
+                if over.any():
+                    k = int(np.argmax(over))
+                    c = int(cap[k])
+                    bad = (offs[k], f"record caplen {c} exceeds the snapshot length {lim}"
+                           if c <= ABSURD_BLOCK else f"corrupt record header (caplen {c})")
+                    o, sec, frac, cap, wire = o[:k], sec[:k], frac[:k], cap[:k], wire[:k]
                 ts = sec.astype(np.float64) + frac.astype(np.float64) / tps
                 wire = np.maximum(wire, cap)
                 lt = np.full(len(o), linktype, dtype=np.uint16)
