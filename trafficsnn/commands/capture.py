@@ -1,0 +1,73 @@
+"""``trafficsnn capture``: the capture agent (thin wrapper over trafficsnn.serve.agent). Never imports torch."""
+from __future__ import annotations
+
+import logging
+
+import click
+
+from ..serve.config import config_option
+
+
+@click.command("capture")
+@config_option("capture")
+@click.option("-i", "--interface", "interface", metavar="IFACE", help="Capture live from this interface.")
+@click.option("--pcap", "pcap", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Read packets from a pcap/pcapng file instead (repeatable).")
+@click.option("--speed", type=float, default=None,
+              help="With --pcap: replay at this multiple of the recorded speed (1.0 = real time). "
+                   "Default: as fast as possible.")
+@click.option("-f", "--filter", "bpf_filter", metavar="BPF", help="BPF filter, tcpdump syntax (in the kernel when live).")
+@click.option("--snaplen", type=int, default=256, show_default=True,
+              help="Bytes kept per frame; headers only, payload is never read.")
+@click.option("--promisc/--no-promisc", default=False, show_default=True,
+              help="Promiscuous mode (needs CAP_NET_ADMIN as well as CAP_NET_RAW).")
+@click.option("--connect", multiple=True, metavar="ENDPOINT",
+              help="ZeroMQ endpoint of the classifier to send updates to, e.g. ipc:///run/trafficsnn/updates.")
+@click.option("--bind", multiple=True, metavar="ENDPOINT", help="Bind a ZeroMQ PUSH endpoint instead (classifiers connect).")
+@click.option("--sensor", default=None, help="Sensor id carried in every message (default: host name).")
+@click.option("--every", type=int, default=8, show_default=True, help="Send a flow update every K packets of a flow.")
+@click.option("--window", type=float, default=1.0, show_default=True,
+              help="...and at least once per window of this many seconds of a flow (0 = off).")
+@click.option("--idle-timeout", type=float, default=120.0, show_default=True, help="Seconds of silence that end a flow.")
+@click.option("--active-timeout", type=float, default=1800.0, show_default=True,
+              help="Seconds after which a long flow is cut.")
+@click.option("--max-flows", type=int, default=1_000_000, show_default=True,
+              help="Flows tracked at once; the least recently seen are evicted beyond it.")
+@click.option("--hwm", type=int, default=1000, show_default=True,
+              help="Messages queued for the classifier before updates are dropped (sending never blocks).")
+@click.option("--lossless", is_flag=True,
+              help="With --pcap: wait for the classifier instead of dropping (file replay).")
+@click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port.")
+@click.option("--metrics-addr", default="127.0.0.1", show_default=True, help="Address for the metrics endpoint.")
+@click.option("--curve-secret", type=click.Path(dir_okay=False), help="This sensor's CURVE NAME.key_secret file.")
+@click.option("--curve-server", type=click.Path(dir_okay=False), help="The classifier's public CURVE .key file.")
+@click.option("-q", "--quiet", is_flag=True, help="Do not print the counters at exit.")
+@click.option("-v", "--verbose", is_flag=True, help="Log more.")
+def command(interface, pcap, speed, bpf_filter, snaplen, promisc, connect, bind, sensor, every, window,
+            idle_timeout, active_timeout, max_flows, hwm, lossless, metrics_port, metrics_addr,
+            curve_secret, curve_server, quiet, verbose) -> None:
+    """Capture packets, track flows and stream flow updates to a classifier over ZeroMQ.
+
+    \b
+    Live (needs CAP_NET_RAW only):
+      trafficsnn capture -i eth0 -f "tcp or udp" --connect ipc:///run/trafficsnn/updates
+    From a file, as fast as possible or at recorded speed:
+      trafficsnn capture --pcap trace.pcap --speed 1.0 --connect tcp://classifier:5555
+
+    Sending never blocks on a slow or absent classifier: updates that do not
+    fit under --hwm are dropped and counted. SIGUSR1 logs the counters;
+    SIGTERM ends all flows, sends their final updates and exits 0.
+    """
+    from ..serve.agent import AgentConfig, run_agent
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="trafficsnn capture: %(levelname)s %(message)s")
+    cfg = AgentConfig(iface=interface, pcap=tuple(pcap), speed=speed or None, bpf_filter=bpf_filter,
+                      snaplen=snaplen, promisc=promisc, connect=tuple(connect), bind=tuple(bind),
+                      every=every, window=window or None, idle_timeout=idle_timeout or None,
+                      active_timeout=active_timeout or None, max_flows=max_flows, hwm=hwm, lossless=lossless,
+                      metrics_port=metrics_port, metrics_addr=metrics_addr, curve_secret=curve_secret,
+                      curve_server=curve_server)
+    if sensor:
+        cfg.sensor = sensor
+    run_agent(cfg, quiet=quiet)

@@ -1,0 +1,356 @@
+"""The capture agent: packets (live interface or pcap) -> flow table -> flow updates over ZeroMQ PUSH.
+
+One loop, one thread: read a frame batch, decode it, feed the flow table with
+the ``EveryK`` streaming policy, and ship the updates it emits in batches.
+Sending never blocks on a slow or absent classifier: the PUSH socket has a
+bounded high-water mark and every send is non-blocking; what cannot be queued
+is dropped and counted (updates and their packets). On a quiet live link the
+table's clock still advances, so idle flows expire and their final updates go
+out. SIGUSR1 logs the counters; SIGTERM/SIGINT end the flows, send what is
+left and exit 0. Never imports torch.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+import zmq
+
+from .. import wire
+from ..errors import ConfigError
+from ..flows.records import FlowUpdate
+from .sdnotify import Notifier
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AgentConfig:
+    iface: str | None = None
+    pcap: tuple[str, ...] = ()
+    speed: float | None = None          # None/0 = as fast as possible; 1.0 = recorded speed
+    bpf_filter: str | None = None
+    snaplen: int = 256
+    promisc: bool = False
+    connect: tuple[str, ...] = ()
+    bind: tuple[str, ...] = ()
+    sensor: str = field(default_factory=socket.gethostname)
+    every: int = 8
+    window: float | None = 1.0
+    idle_timeout: float | None = 120.0
+    active_timeout: float | None = 1800.0
+    max_flows: int = 1_000_000
+    hwm: int = 1000
+    max_batch: int = 1024               # updates per message
+    flush_ms: float = 10.0              # send a partial message after this long
+    lossless: bool = False              # wait for the classifier instead of dropping (file replay)
+    stats_interval: float = 5.0         # STATS message period (s), 0 = off
+    metrics_port: int | None = None
+    metrics_addr: str = "127.0.0.1"
+    curve_secret: str | None = None
+    curve_server: str | None = None
+    read_batch: int = 8192
+
+    def validate(self) -> None:
+        if bool(self.iface) == bool(self.pcap):
+            raise ConfigError("give exactly one source: -i/--interface IFACE or --pcap FILE")
+        if not self.connect and not self.bind:
+            raise ConfigError("give where to send updates: --connect ENDPOINT or --bind ENDPOINT")
+        if self.every < 1:
+            raise ConfigError(f"--every must be >= 1 packet, got {self.every}")
+        if self.hwm < 1:
+            raise ConfigError(f"--hwm must be >= 1 message, got {self.hwm}")
+        if self.speed is not None and self.speed < 0:
+            raise ConfigError(f"--speed must be >= 0, got {self.speed}")
+        if bool(self.curve_secret) != bool(self.curve_server):
+            raise ConfigError("CURVE needs both --curve-secret (own .key_secret) and --curve-server (server .key)")
+
+
+class CaptureAgent:
+    """Runs the capture loop until the source ends or ``stop()``; ``stats`` holds the counters."""
+
+    def __init__(self, cfg: AgentConfig, ctx: zmq.Context | None = None):
+        cfg.validate()
+        self.cfg = cfg
+        self.ctx = ctx or zmq.Context.instance()
+        self._stop = threading.Event()
+        self._dump = threading.Event()
+        self.notifier = Notifier()
+        self.counters: dict[str, int] = {
+            "frames": 0, "packets": 0, "non_ip": 0, "updates": 0,
+            "updates_sent": 0, "packets_sent": 0, "updates_dropped": 0, "packets_dropped": 0,
+            "messages_sent": 0, "messages_dropped": 0, "flows_ended": 0,
+        }
+        self.source_stats: dict[str, Any] = {}
+        self.table: Any = None
+        self.source: Any = None
+        self.metrics: Any = None
+        self._msg_seq = 0
+        self._pending: list[FlowUpdate] = []
+        self._walls: list[float] = []
+        self._pending_since = 0.0
+        self.sock = self._make_socket()
+
+    # ------------------------------------------------------------- setup
+    def _make_socket(self) -> zmq.Socket:
+        cfg = self.cfg
+        s = self.ctx.socket(zmq.PUSH)
+        s.sndhwm = cfg.hwm
+        s.linger = 0
+        s.immediate = 1  # queue only to connected peers: no silent buffering for an absent classifier
+        if cfg.curve_secret:
+            from .security import secure_client
+
+            secure_client(s, cfg.curve_secret, cfg.curve_server or "")
+        try:
+            for ep in cfg.bind:
+                s.bind(ep)
+            for ep in cfg.connect:
+                s.connect(ep)
+        except zmq.ZMQError as err:
+            s.close(0)
+            raise ConfigError(f"cannot use ZeroMQ endpoint {cfg.bind or cfg.connect}: {err}") from err
+        return s
+
+    def _make_table(self) -> Any:
+        from ..flows import EveryK, FlowTable
+
+        cfg = self.cfg
+        return FlowTable(idle_timeout=cfg.idle_timeout, active_timeout=cfg.active_timeout,
+                         max_flows=cfg.max_flows, policy=EveryK(cfg.every, window_s=cfg.window))
+
+    def _frames(self) -> Iterator[Any]:
+        """FrameBatches from the source; an empty batch marks a quiet moment (live) for the clock."""
+        cfg = self.cfg
+        if cfg.iface:
+            from ..packets.live import LiveSource
+
+            self.source = LiveSource(cfg.iface, bpf_filter=cfg.bpf_filter, snaplen=cfg.snaplen,
+                                     promisc=cfg.promisc, batch_size=cfg.read_batch, timeout=0.1)
+            self.ready()
+            try:
+                while not self._stop.is_set():
+                    yield self.source.read()
+            finally:
+                self.source.close()
+            return
+        from ..packets import open_capture
+
+        self.ready()
+        for path in cfg.pcap:
+            reader = open_capture(path, batch_size=cfg.read_batch)
+            self.source = reader
+            t0_rec = t0_wall = None
+            for fb in reader:
+                if self._stop.is_set():
+                    return
+                if cfg.bpf_filter:
+                    fb = self._pcap_filter(fb)
+                if cfg.speed and len(fb):
+                    # recorded speed: wait until the batch's last packet is due
+                    if t0_rec is None:
+                        t0_rec, t0_wall = float(fb.ts[0]), time.monotonic()
+                    due = t0_wall + (float(fb.ts[-1]) - t0_rec) / cfg.speed
+                    while not self._stop.is_set():
+                        left = due - time.monotonic()
+                        if left <= 0:
+                            break
+                        self._stop.wait(min(left, 0.05))
+                        self._housekeeping(time.monotonic())
+                yield fb
+            for err in getattr(reader, "errors", []):
+                log.warning("%s", err)
+            self.source_stats[str(path)] = dict(getattr(reader, "stats", {}))
+
+    def _pcap_filter(self, fb: Any) -> Any:
+        """Apply the BPF filter to file frames in user space (libpcap's matcher through scapy)."""
+        if not hasattr(self, "_bpf"):
+            from .bpf import compile_matcher
+
+            self._bpf = compile_matcher(self.cfg.bpf_filter)
+        return self._bpf(fb)
+
+    def ready(self) -> None:
+        src = self.cfg.iface or ",".join(self.cfg.pcap)
+        self.notifier.ready(f"capturing from {src}")
+
+    # ------------------------------------------------------------- main loop
+    def run(self) -> dict[str, Any]:
+        from ..packets import Decoder
+
+        cfg = self.cfg
+        self.table = self._make_table()
+        decoder = Decoder()
+        self._decoder = decoder
+        if cfg.metrics_port:
+            from .metrics import Metrics
+
+            self.metrics = Metrics(self.snapshot)
+            self.metrics.serve(cfg.metrics_port, cfg.metrics_addr)
+        last_stats = last_clock = time.monotonic()
+        try:
+            for fb in self._frames():
+                now = time.monotonic()
+                wall = time.time()
+                if len(fb):
+                    self.counters["frames"] += len(fb)
+                    pb = decoder.decode(fb)
+                    self.counters["packets"] += len(pb)
+                    self.counters["non_ip"] += int(pb.skipped)
+                    self._queue(self.table.add(pb), wall)
+                if cfg.iface and (not len(fb) or now - last_clock >= 1.0):
+                    # a quiet link still moves the clock: idle flows end, due windows go out
+                    self._queue(self.table.advance(wall), wall)
+                    last_clock = now
+                self._maybe_send(now)
+                if cfg.stats_interval and now - last_stats >= cfg.stats_interval:
+                    self._send_stats()
+                    last_stats = now
+                self._housekeeping(now)
+                if self._stop.is_set():
+                    break
+        finally:
+            self._finish()
+        return self.snapshot()
+
+    def _housekeeping(self, now: float) -> None:
+        self.notifier.watchdog(now)
+        if self._dump.is_set():
+            self._dump.clear()
+            log.warning("stats %s", json.dumps(self.snapshot()["counters"], sort_keys=True))
+            self.notifier.status(self.status_line())
+
+    def _finish(self) -> None:
+        self.notifier.stopping("flushing flows")
+        if self.table is not None:
+            self._queue(self.table.flush("eof"), time.time())
+        self._send_pending()
+        self._send_stats(eos=True)
+        if self.cfg.lossless:
+            self.sock.linger = 10_000
+        self.sock.close()
+        if self.metrics is not None:
+            self.metrics.close()
+
+    # ------------------------------------------------------------- sending
+    def _queue(self, items: list[Any], wall: float) -> None:
+        if not items:
+            return
+        if not self._pending:
+            self._pending_since = time.monotonic()
+        for it in items:
+            if isinstance(it, FlowUpdate):
+                self._pending.append(it)
+                self.counters["updates"] += 1
+                if it.final:
+                    self.counters["flows_ended"] += 1
+        self._walls.extend([wall] * (len(self._pending) - len(self._walls)))
+        if len(self._pending) >= self.cfg.max_batch:
+            self._send_pending()
+
+    def _maybe_send(self, now: float) -> None:
+        if self._pending and (now - self._pending_since) * 1e3 >= self.cfg.flush_ms:
+            self._send_pending()
+        elif self._pending and self.cfg.iface is None:
+            # file replay: each read batch is a natural message boundary
+            self._send_pending()
+
+    def _send_pending(self) -> None:
+        mb = self.cfg.max_batch
+        while self._pending:
+            ups, walls = self._pending[:mb], self._walls[:mb]
+            del self._pending[:mb], self._walls[:mb]
+            self._send(ups, walls)
+
+    def _send(self, ups: list[FlowUpdate], walls: list[float]) -> None:
+        self._msg_seq += 1
+        frames = wire.encode_updates(ups, sensor=self.cfg.sensor, msg_seq=self._msg_seq,
+                                     sent_wall=time.time(), walls=walls)
+        npk = sum(len(u) for u in ups)
+        if self._deliver(frames):
+            self.counters["messages_sent"] += 1
+            self.counters["updates_sent"] += len(ups)
+            self.counters["packets_sent"] += npk
+        else:
+            self.counters["messages_dropped"] += 1
+            self.counters["updates_dropped"] += len(ups)
+            self.counters["packets_dropped"] += npk
+
+    def _deliver(self, frames: list[Any]) -> bool:
+        while True:
+            try:
+                self.sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+                return True
+            except zmq.Again:
+                if not self.cfg.lossless or self._stop.is_set():
+                    return False
+                # lossless file replay: wait for room, but keep the watchdog fed and obey SIGTERM
+                self.sock.poll(100, zmq.POLLOUT)
+                self._housekeeping(time.monotonic())
+
+    def _send_stats(self, eos: bool = False) -> None:
+        self._msg_seq += 1
+        try:
+            self.sock.send_multipart(wire.encode_stats(self.snapshot()["counters"], sensor=self.cfg.sensor,
+                                                       msg_seq=self._msg_seq, sent_wall=time.time(), eos=eos),
+                                     flags=zmq.NOBLOCK)
+        except zmq.Again:
+            if eos and self.cfg.lossless and self.sock.poll(5000, zmq.POLLOUT):
+                try:
+                    self.sock.send_multipart(wire.encode_stats(self.snapshot()["counters"], sensor=self.cfg.sensor,
+                                                               msg_seq=self._msg_seq, sent_wall=time.time(),
+                                                               eos=True), flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    pass
+
+    # ------------------------------------------------------------- control and counters
+    def stop(self) -> None:
+        self._stop.set()
+
+    def request_stats(self) -> None:
+        self._dump.set()
+
+    def install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self.stop())
+        signal.signal(signal.SIGINT, lambda *_: self.stop())
+        signal.signal(signal.SIGUSR1, lambda *_: self.request_stats())
+
+    def snapshot(self) -> dict[str, Any]:
+        c = dict(self.counters)
+        c["pending_updates"] = len(self._pending)
+        if self.cfg.iface and self.source is not None and hasattr(self.source, "kernel_stats"):
+            c.update(self.source.kernel_stats())
+        table = self.table
+        if table is not None:
+            c["flows_created"] = int(table.stats.get("flows_created", 0))
+            c["flows_evicted"] = int(table.stats.get("evicted", 0))
+        dec = getattr(self, "_decoder", None)
+        gauges = {"flows_active": len(table) if table is not None else 0,
+                  "table_bytes": table.memory_bytes() if table is not None and hasattr(table, "memory_bytes") else 0}
+        if dec is not None:
+            c["decode"] = {k: v for k, v in dec.stats.items() if isinstance(v, (int, float))}
+        return {"counters": c, "gauges": gauges}
+
+    def status_line(self) -> str:
+        c = self.counters
+        return (f"{c['packets']} packets, {c['updates_sent']} updates sent, "
+                f"{c['updates_dropped']} dropped ({c['packets_dropped']} packets)")
+
+
+def run_agent(cfg: AgentConfig, *, quiet: bool = False) -> dict[str, Any]:
+    """CLI entry: run with signal handlers; counters to stderr at exit."""
+    agent = CaptureAgent(cfg)
+    agent.install_signals()
+    snap = agent.run()
+    if not quiet:
+        print(json.dumps({"capture": snap["counters"]}, sort_keys=True), file=sys.stderr)
+    return snap

@@ -1,0 +1,311 @@
+"""The classifier daemon: ZeroMQ PULL -> micro-batches -> stateful SNN -> verdict sinks.
+
+One thread does everything in order (receive, batch, infer, emit), so a model
+reload between two batches is atomic and a shutdown can drain exactly what was
+queued. Signals only set flags: SIGHUP reloads the model (a bad file is refused
+and the old model keeps serving), SIGTERM/SIGINT drain the queued updates,
+flush the verdicts and exit 0, SIGUSR1 logs the counters.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from .. import wire
+from ..errors import ConfigError, TrafficSNNError
+from .batcher import Batcher
+from .engine import ModelHandle, StreamingClassifier
+from .sdnotify import Notifier
+from .sinks import JsonLinesSink, PubSink, Sink
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ClassifyConfig:
+    bind: tuple[str, ...] = ()
+    connect: tuple[str, ...] = ()
+    model: str | None = None
+    device: str = "auto"
+    jsonl: str | None = None            # path, "-" for stdout, None for none
+    pub: tuple[str, ...] = ()
+    emit: str = "first"
+    min_confidence: float = 0.8
+    batch: int = 512
+    batch_ms: float = 5.0
+    max_flows: int = 250_000
+    rcvhwm: int = 1000
+    metrics_port: int | None = None
+    metrics_addr: str = "127.0.0.1"
+    curve_secret: str | None = None
+    curve_clients: str | None = None
+    exit_after_eos: int = 0             # exit once this many sensors have ended their stream (replay)
+    verdicts_at_exit: bool = True       # a verdict for open flows that have none yet, at shutdown
+    threads: int | None = None
+
+    def validate(self) -> None:
+        if not self.bind and not self.connect:
+            raise ConfigError("give where updates arrive: --bind ENDPOINT (usual) or --connect ENDPOINT")
+        if self.batch < 1 or self.batch_ms < 0:
+            raise ConfigError("--batch must be >= 1 update and --batch-ms >= 0")
+        if bool(self.curve_secret) != bool(self.curve_clients):
+            raise ConfigError("CURVE needs both --curve-secret (server .key_secret) and --curve-clients DIR")
+
+
+class ClassifierDaemon:
+    def __init__(self, cfg: ClassifyConfig, ctx: zmq.Context | None = None, sinks: list[Sink] | None = None):
+        cfg.validate()
+        self.cfg = cfg
+        import torch
+
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        from ..snn.device import resolve_device
+
+        self.device = resolve_device(cfg.device)
+        self.handle = ModelHandle.load(cfg.model, self.device)
+        self.engine = StreamingClassifier(self.handle, max_flows=cfg.max_flows, emit=cfg.emit,
+                                          min_confidence=cfg.min_confidence, device=self.device)
+        self.ctx = ctx or zmq.Context.instance()
+        self.wire_stats = wire.WireStats()
+        self.batcher = Batcher(cfg.batch, cfg.batch_ms)
+        self.notifier = Notifier()
+        self.sensors: dict[str, dict[str, Any]] = {}
+        self.eos: set[str] = set()
+        self.counters: Counter[str] = Counter()
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._dump = threading.Event()
+        self.auth: Any = None
+        self.sock = self._make_socket()
+        self.sinks: list[Sink] = list(sinks or [])
+        self.pub_socks: list[zmq.Socket] = []
+        if cfg.jsonl:
+            self.sinks.append(JsonLinesSink(cfg.jsonl))
+        for ep in cfg.pub:
+            ps = self.ctx.socket(zmq.PUB)
+            ps.sndhwm = 10_000
+            ps.linger = 1000
+            ps.bind(ep)
+            self.pub_socks.append(ps)
+            self.sinks.append(PubSink(ps))
+        self.metrics: Any = None
+        if cfg.metrics_port:
+            from .metrics import Metrics
+
+            self.metrics = Metrics(self.prometheus_snapshot)
+            self.metrics.serve(cfg.metrics_port, cfg.metrics_addr)
+
+    def _make_socket(self) -> zmq.Socket:
+        cfg = self.cfg
+        s = self.ctx.socket(zmq.PULL)
+        s.rcvhwm = cfg.rcvhwm
+        s.linger = 0
+        if cfg.curve_secret:
+            from .security import secure_server
+
+            self.auth = secure_server(self.ctx, s, cfg.curve_secret, cfg.curve_clients or "")
+        try:
+            for ep in cfg.bind:
+                s.bind(ep)
+            for ep in cfg.connect:
+                s.connect(ep)
+        except zmq.ZMQError as err:
+            s.close(0)
+            raise ConfigError(f"cannot use ZeroMQ endpoint {cfg.bind or cfg.connect}: {err}") from err
+        return s
+
+    # ------------------------------------------------------------- control
+    def install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
+        signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
+        signal.signal(signal.SIGUSR1, lambda *_: self._dump.set())
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        self._reload.set()
+
+    def reload(self) -> bool:
+        """Load the model file again; on any error keep serving the old one."""
+        try:
+            new = ModelHandle.load(self.cfg.model, self.device)
+        except (TrafficSNNError, OSError, ValueError) as err:
+            self.counters["reload_failed"] += 1
+            log.error("model reload refused, still serving %s (%s): %s", self.handle.model_id,
+                      self.handle.sha256[:12], err)
+            self.notifier.status(f"reload refused: {err}")
+            return False
+        self.counters["reloads"] += 1
+        if new.sha256 != self.handle.sha256 or new.signature() != self.handle.signature():
+            reset = self.engine.swap_model(new)
+            self.handle = new
+            log.warning("model reloaded: %s (%s), %d flow states reset", new.model_id, new.sha256[:12], reset)
+        self.notifier.status(f"serving {self.handle.model_id}")
+        return True
+
+    # ------------------------------------------------------------- loop
+    def run(self) -> dict[str, Any]:
+        self.notifier.ready(f"serving {self.handle.model_id} ({self.handle.sha256[:12]}) on {self.device}")
+        last_status = time.monotonic()
+        try:
+            while True:
+                if self._stop.is_set():
+                    self._drain()
+                    break
+                now = time.monotonic()
+                wait_ms = int(self.batcher.wait_s(now) * 1000)
+                if self.sock.poll(wait_ms if wait_ms > 0 else 0):
+                    self._receive()
+                if self.batcher.due():
+                    self._process()
+                if self._reload.is_set():
+                    self._reload.clear()
+                    if self.batcher.items:
+                        self._process()
+                    self.reload()
+                if self.cfg.exit_after_eos and len(self.eos) >= self.cfg.exit_after_eos:
+                    self._drain()
+                    break
+                now = time.monotonic()
+                self.notifier.watchdog(now)
+                if now - last_status >= 5.0:
+                    self.notifier.status(self.status_line())
+                    last_status = now
+                if self._dump.is_set():
+                    self._dump.clear()
+                    log.warning("stats %s", json.dumps(self.snapshot(), sort_keys=True, default=str))
+        finally:
+            self._close()
+        return self.snapshot()
+
+    def _receive(self, limit: int | None = None) -> int:
+        """Read what is queued (up to a full batch); returns messages read."""
+        n = 0
+        limit = limit or self.cfg.batch
+        while self.batcher.updates < limit:
+            try:
+                frames = self.sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            n += 1
+            msg = self.wire_stats.decode(frames)
+            if msg is None:
+                continue
+            if isinstance(msg, wire.UpdateBatch):
+                if len(msg):
+                    self.batcher.add(msg)
+            else:
+                self.sensors[msg.sensor] = msg.stats
+                if msg.eos:
+                    self.eos.add(msg.sensor)
+        return n
+
+    def _process(self) -> None:
+        items = self.batcher.take()
+        if not items:
+            return
+        t0 = time.perf_counter()
+        verdicts = self.engine.process(items)
+        dt = time.perf_counter() - t0
+        for s in self.sinks:
+            s.write(verdicts)
+        if self.metrics is not None:
+            self.metrics.batch_size.observe(sum(len(b) for b in items))
+            self.metrics.inference.observe(dt)
+            for v in verdicts:
+                if v.latency_s is not None:
+                    self.metrics.latency.observe(v.latency_s)
+        self.counters["batches"] += 1
+
+    def _drain(self) -> None:
+        """Shutdown: classify everything already queued in the socket, then the open flows' verdicts."""
+        self.notifier.stopping("draining")
+        while True:
+            got = self._receive(limit=1 << 30)
+            if self.batcher.items:
+                self._process()
+            if not got:
+                break
+        if self.cfg.verdicts_at_exit:
+            vs = self.engine.flush_open("shutdown")
+            for s in self.sinks:
+                s.write(vs)
+
+    def _close(self) -> None:
+        for s in self.sinks:
+            try:
+                s.close()
+            except OSError:
+                pass
+        self.sock.close(0)
+        for ps in self.pub_socks:
+            ps.close()
+        if self.auth is not None:
+            from .security import stop_auth
+
+            stop_auth(self.auth)
+        if self.metrics is not None:
+            self.metrics.close()
+
+    # ------------------------------------------------------------- counters
+    def snapshot(self) -> dict[str, Any]:
+        e = self.engine.snapshot()
+        drops = dict(e["drops"])
+        for k, v in self.wire_stats.errors.items():
+            drops[f"malformed_{k}"] = v
+        return {
+            "model": {"id": self.handle.model_id, "sha256": self.handle.sha256},
+            "counters": {**e["counters"], **self.counters},
+            "drops": drops,
+            "verdicts_by_class": e["verdicts_by_class"],
+            "active_flows": e["active_flows"],
+            "state_bytes": e["state_bytes"],
+            "sensors": self.sensors,
+        }
+
+    def prometheus_snapshot(self) -> dict[str, Any]:
+        s = self.snapshot()
+        c = s["counters"]
+        sensor_drops = {name: st.get("updates_dropped", 0) for name, st in s["sensors"].items()}
+        return {
+            "counters": {
+                "packets_total": c.get("packets", 0),
+                "updates_total": c.get("updates", 0),
+                "flows_total": c.get("flows", 0),
+                "flows_ended_total": c.get("flows_ended", 0),
+                "messages_total": c.get("messages", 0),
+                "verdicts_total": {**s["verdicts_by_class"], "_label": "class"},
+                "drops_total": {**s["drops"], "state_evicted": c.get("state_evicted", 0), "_label": "cause"},
+                "sensor_updates_dropped_total": {**sensor_drops, "_label": "sensor"},
+                "model_reloads_total": c.get("reloads", 0),
+                "model_reload_failures_total": c.get("reload_failed", 0),
+            },
+            "gauges": {"flows_active": s["active_flows"], "state_bytes": s["state_bytes"]},
+            "info": {"model": {"id": s["model"]["id"], "sha256": s["model"]["sha256"]}},
+        }
+
+    def status_line(self) -> str:
+        c = self.engine.counters
+        return (f"{c['packets']} packets, {c['updates']} updates, {self.engine.active_flows} flows, "
+                f"{c['verdicts']} verdicts")
+
+
+def run_daemon(cfg: ClassifyConfig, *, quiet: bool = False) -> dict[str, Any]:
+    d = ClassifierDaemon(cfg)
+    d.install_signals()
+    snap = d.run()
+    if not quiet:
+        print(json.dumps({"classify": snap}, sort_keys=True, default=str), file=sys.stderr)
+    return snap
