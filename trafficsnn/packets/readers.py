@@ -259,22 +259,25 @@ class CaptureReader:
                 u2 = struct.Struct(order + "II").unpack_from
                 offs: list[int] = []
                 ap = offs.append
-                stop = None
                 while p + 12 <= end:
                     t, blen = u2(buf, p)
-                    if t != 6:
-                        stop = "special"
-                        break
-                    if blen < 32 or blen & 3 or blen > ABSURD_BLOCK:
-                        stop = "bad"
-                        break
-                    if p + blen > end:
-                        stop = "more"
+                    if t != 6 or blen < 32 or p + blen > end:
                         break
                     ap(p)
                     p += blen
-                else:
+                # why the walk stopped (block lengths that are not a multiple of 4 are caught below)
+                if p + 12 > end:
                     stop = "more"
+                else:
+                    t, blen = u2(buf, p)
+                    if t == 0x0A0D0D0A:
+                        stop = "special"        # its length is read in its own byte order below
+                    elif blen < 12 or blen & 3 or blen > ABSURD_BLOCK or (t == 6 and blen < 32):
+                        stop = "bad"
+                    elif p + blen > end:
+                        stop = "more"
+                    else:
+                        stop = "special"
                 if offs:
                     if not in_section:
                         bad = (offs[0], "packet block before any section header block")
@@ -285,6 +288,7 @@ class CaptureReader:
                     tail = _gather_u32(d, o + blen.astype(np.int64) - 4, 1, order)[:, 0]
                     n_if = len(if_lt)
                     problems = [
+                        ((blen & 3) != 0, "corrupt block header (block length not a multiple of 4)"),
                         (tail != blen, "corrupt enhanced packet block (trailing length differs)"),
                         (iface >= n_if, "enhanced packet block names an undeclared interface"),
                         (cap.astype(np.int64) > blen.astype(np.int64) - 32,
