@@ -58,3 +58,21 @@ def test_jsonl():
     rows = [json.loads(x) for x in buf.getvalue().splitlines()]
     assert rows[0]["client_ip"] == flows[0].key.client_ip
     assert len(rows[0]["t"]) == len(rows[0]["size"]) == len(flows[0].ts) and rows[0]["t"][0] == 0.0
+
+
+def test_columnar_blocks_equal_whole_flows(tmp_path):
+    from trafficsnn.flows import Columnar, FlowBlock
+
+    rng = np.random.default_rng(9)
+    b = random_batch(rng, 800, n_keys=40)
+    t1, t2 = FlowTable(idle_timeout=1.0), FlowTable(idle_timeout=1.0, policy=Columnar())
+    flows = t1.add(b) + t1.flush()
+    blocks = t2.add(b) + t2.flush()
+    assert all(isinstance(x, FlowBlock) for x in blocks)
+    write_flows(tmp_path / "a.npz", flows)
+    write_flows(tmp_path / "b.npz", blocks)
+    a, c = read_columns(tmp_path / "a.npz")[0], read_columns(tmp_path / "b.npz")[0]
+    assert a.keys() == c.keys()
+    for k in a:
+        assert np.array_equal(a[k], c[k]) and a[k].dtype == c[k].dtype, k
+    assert [f.key for f in blocks[0].flows()] == [f.key for f in flows[: len(blocks[0])]]

@@ -203,3 +203,24 @@ def test_bad_options():
         EveryK(0)
     with pytest.raises(ValueError):
         FlowTable().flush(reason="bogus")
+
+
+def test_hash_collisions_fall_back_and_stay_correct(monkeypatch):
+    import trafficsnn.flows.table as tbl
+
+    real = tbl._hash5
+    monkeypatch.setattr(tbl, "_hash5", lambda *c: real(*c) & np.uint64(0x3))   # 4 hash values
+    rng = np.random.default_rng(21)
+    bs = _batches(rng)
+    t = FlowTable(idle_timeout=2.0, active_timeout=10.0)
+    r = RefTable(2.0, 10.0, True)
+    out = []
+    for b in bs:
+        out += t.add(b)
+        r.add(b)
+    out += t.flush()
+    ref = r.flush()
+    out.sort(key=lambda f: f.flow_id)
+    assert t.stats["hash_collisions"] > 0
+    assert [(f.end_reason, f.ts.tolist(), f.direction.tolist()) for f in out] == \
+        [(g["reason"], g["ts"], g["dir"]) for g in ref]

@@ -15,14 +15,15 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator
 
-from .policies import EveryK, WholeFlows
+from .policies import Columnar, EveryK, WholeFlows
 from .records import C2S, END_REASONS, S2C, Flow, FlowKey, FlowUpdate
-from .store import FlowSet, read_columns, read_flows, write_flows, write_jsonl
+from .store import FlowBlock, FlowSet, read_columns, read_flows, write_flows, write_jsonl
 from .table import FlowTable
 from .windows import PaperWindow, flow_prefix, flow_windows, paper_windows
 
 __all__ = [
-    "C2S", "S2C", "END_REASONS", "Flow", "FlowKey", "FlowUpdate", "FlowTable", "WholeFlows", "EveryK",
+    "C2S", "S2C", "END_REASONS", "Flow", "FlowKey", "FlowUpdate", "FlowTable", "WholeFlows", "EveryK", "Columnar",
+    "FlowBlock",
     "PaperWindow", "paper_windows", "flow_prefix", "flow_windows", "flows_from_capture",
     "FlowSet", "read_flows", "read_columns", "write_flows", "write_jsonl",
 ]

@@ -35,19 +35,41 @@ PACKET_COLS = {"ts": np.float64, "size": np.uint32, "direction": np.uint8,
                "wire_len": np.uint32, "tcp_flags": np.uint8}
 
 
+class FlowBlock:
+    """Many ended flows as columns: flow-level ``FLOW_COLS`` + ``offsets`` + packet columns.
+
+    What the ``Columnar`` policy emits; ``len`` is the number of flows.
+    """
+
+    def __init__(self, columns: dict[str, np.ndarray]):
+        self.columns = columns
+
+    def __len__(self) -> int:
+        return len(self.columns["offsets"]) - 1
+
+    def flows(self) -> "FlowSet":
+        """The block as a sequence of ``Flow`` objects."""
+        return FlowSet(self.columns, {})
+
+
 class FlowColumns:
-    """Accumulates flows into columns (cheap per flow), then writes one .npz."""
+    """Accumulates flows (``Flow`` objects or ``FlowBlock``s) into columns, then writes one .npz."""
 
     def __init__(self) -> None:
         self._rows: list[tuple] = []
         self._pk: dict[str, list[np.ndarray]] = {k: [] for k in PACKET_COLS}
+        self._blocks: list[FlowBlock] = []
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return len(self._rows) + sum(len(b) for b in self._blocks)
 
-    def add(self, flows: Iterable[Flow]) -> None:
+    def add(self, flows: Iterable) -> None:
         r = _REASON_IDX
         for f in flows:
+            if isinstance(f, FlowBlock):
+                self._flush_rows()
+                self._blocks.append(f)
+                continue
             k = f.key
             self._rows.append((f.flow_id, k.vlan, k.proto, k.client_hi, k.client_lo, k.client_port,
                                k.server_hi, k.server_lo, k.server_port, f.first_ts, f.last_ts,
@@ -56,17 +78,28 @@ class FlowColumns:
             for name, lst in self._pk.items():
                 lst.append(getattr(f, name))
 
-    def arrays(self) -> dict[str, np.ndarray]:
-        names = list(FLOW_COLS) + ["_n"]
-        if self._rows:
-            cols = list(zip(*self._rows))
-        else:
-            cols = [[] for _ in names]
+    def _flush_rows(self) -> None:
+        """Turn the ``Flow`` rows gathered so far into one block (keeps the order of flows)."""
+        if not self._rows:
+            return
+        cols = list(zip(*self._rows))
         out = {k: np.asarray(cols[i], dtype=FLOW_COLS[k]) for i, k in enumerate(FLOW_COLS)}
         n = np.asarray(cols[-1], dtype=np.int64)
         out["offsets"] = np.concatenate(([0], np.cumsum(n))).astype(np.int64)
         for k, d in PACKET_COLS.items():
-            out[k] = np.concatenate(self._pk[k]).astype(d, copy=False) if self._pk[k] else np.empty(0, d)
+            out[k] = np.concatenate(self._pk[k]).astype(d, copy=False)
+        self._blocks.append(FlowBlock(out))
+        self._rows = []
+        self._pk = {k: [] for k in PACKET_COLS}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        self._flush_rows()
+        bl = [b.columns for b in self._blocks if len(b)]
+        out = {k: np.concatenate([b[k] for b in bl]).astype(d, copy=False) if bl else np.empty(0, d)
+               for k, d in (FLOW_COLS | PACKET_COLS).items()}
+        counts = [np.diff(b["offsets"]) for b in bl]
+        n = np.concatenate(counts) if counts else np.empty(0, np.int64)
+        out["offsets"] = np.concatenate(([0], np.cumsum(n))).astype(np.int64)
         return out
 
 
