@@ -303,6 +303,9 @@ class StreamingClassifier:
             np.maximum.at(last_step, pslot, step)
             t_open = np.where(final_slot, last_step + 1, last_step)
             np.maximum(target, np.minimum(t_open, n_steps), out=target)
+        # a flow that ended has nothing more in its window: run it to the window's end, so its final
+        # verdict is the model's output on the whole (zero-padded) window, as in training
+        target[final_slot] = n_steps
         done = self.steps_done
         in_window = (step >= done[pslot]) & (step < n_steps)
         self.counters["packets_after_window"] += int((step >= n_steps).sum())
@@ -321,20 +324,27 @@ class StreamingClassifier:
 
         # ---- advance, grouped by step count
         k_of = target[uslots] - done[uslots]
+        # advance() takes one step count per call: split each flow's k steps into its binary digits
+        # (k = 2^a + 2^b + ...), so a batch needs at most log2(n_steps) + 1 calls whatever its mix
         fs, fst, fn = pslot[feed], step[feed], neuron[feed]
+        cursor = done.copy()
         kslot = np.zeros(len(self.live), np.int64)
         kslot[uslots] = k_of
         kev = kslot[fs]
         n_adv = 0
-        for k in np.unique(k_of[k_of > 0]).tolist():
-            grp = np.sort(uslots[k_of == k])
-            sel = kev == k
+        for bit in range(int(k_of.max()).bit_length() if len(k_of) else 0):
+            width = 1 << bit
+            grp = np.sort(uslots[(k_of >> bit) & 1 == 1])
+            if not len(grp):
+                continue
+            c_ev = cursor[fs]
+            sel = ((kev >> bit) & 1 == 1) & (fst >= c_ev) & (fst < c_ev + width)
             es = fs[sel]
-            batch = self._sparse(np.searchsorted(grp, es), fst[sel] - done[es], fn[sel], len(grp), k)
+            batch = self._sparse(np.searchsorted(grp, es), fst[sel] - cursor[es], fn[sel], len(grp), width)
             idx = torch.as_tensor(grp, dtype=torch.long, device=self.device)
-            st = self.store.state.index(idx)
-            st = self.model.advance(st, batch)
+            st = self.model.advance(self.store.state.index(idx), batch)
             self.store.state.put(idx, st)
+            cursor[grp] += width
             n_adv += len(grp)
         self.steps_done[uslots] = target[uslots]
         self.counters["flow_advances"] += n_adv

@@ -1,0 +1,126 @@
+"""The streaming engine: pieces == whole, bounded per-flow state, verdict policy, gap counting."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from trafficsnn import wire
+from trafficsnn.flows.records import FlowKey, FlowUpdate
+from trafficsnn.serve.demo import make_random_model
+from trafficsnn.serve.engine import ModelHandle, StreamingClassifier
+from trafficsnn.snn.encoding import collate
+
+
+@pytest.fixture(scope="module")
+def handle(tmp_path_factory) -> ModelHandle:
+    d = make_random_model(tmp_path_factory.mktemp("model"), classes=["a", "b", "c", "d"], seed=3)
+    return ModelHandle.load(d, "cpu")
+
+
+def _flow(rng, fid: int, n: int, span: float, t0: float = 1000.0):
+    ts = t0 + np.sort(rng.uniform(0, span, n))
+    ts[0] = t0
+    size = rng.integers(40, 1500, n).astype(np.uint32)
+    d = rng.integers(0, 2, n).astype(np.uint8)
+    key = FlowKey(0, 6, 0, 100 + fid, 1000 + fid, 0, 7, 443)
+    return key, ts, size, d
+
+
+def _updates(key, fid, ts, size, d, cuts):
+    parts = np.split(np.arange(len(ts)), cuts)
+    out = []
+    for j, p in enumerate(parts):
+        last = j == len(parts) - 1
+        out.append(FlowUpdate(flow_id=fid, key=key, start_ts=float(ts[0]), seq=int(p[0]) if len(p) else len(ts),
+                              ts=ts[p], size=size[p], direction=d[p], final=last, reason="fin" if last else ""))
+    return out
+
+
+def _whole(handle, ts, size, d, upto_step=None) -> np.ndarray:
+    enc = handle.loaded.encoder
+    rel = ts - ts[0]
+    if upto_step is not None:
+        keep = enc.steps_of(rel) < upto_step
+        rel, size, d = rel[keep], size[keep], d[keep]
+    smp = enc.sample(rel, size, d)
+    n_steps = enc.n_steps if upto_step is None else upto_step
+    b = collate([(smp.step[smp.step < n_steps], smp.neuron[smp.step < n_steps], smp.value[smp.step < n_steps])],
+                n_steps, enc.n_inputs)
+    with torch.no_grad():
+        return torch.softmax(handle.model(b), 1)[0].numpy()
+
+
+def test_pieces_equal_whole_interleaved_flows(handle):
+    rng = np.random.default_rng(0)
+    eng = StreamingClassifier(handle, emit="update")
+    flows, streams = {}, []
+    for fid, (n, span) in enumerate([(200, 70.0), (50, 5.0), (3, 0.1), (120, 30.0), (1, 0.0)]):
+        key, ts, size, d = _flow(rng, fid, n, span)
+        flows[fid] = (ts, size, d)
+        cuts = np.sort(rng.choice(np.arange(1, n), min(n - 1, 9), replace=False)) if n > 1 else []
+        streams.append(_updates(key, fid, ts, size, d, cuts))
+    # interleave the flows' updates into micro-batches of random size, several messages each
+    order = [u for round_ in range(12) for s in streams for u in s[round_:round_ + 1]]
+    final = {}
+    i = 0
+    while i < len(order):
+        k = int(rng.integers(1, 6))
+        msgs = [wire.decode(wire.encode_updates([u], sensor="s")) for u in order[i:i + k]]
+        for v in eng.process(msgs):
+            if v.final:
+                final[v.flow_id] = v
+        i += k
+    assert set(final) == set(flows)
+    for fid, (ts, size, d) in flows.items():
+        got = np.array([final[fid].probabilities[c] for c in handle.classes])
+        np.testing.assert_allclose(got, _whole(handle, ts, size, d), rtol=1e-4, atol=1e-6)
+        assert final[fid].packets == len(ts)
+    assert eng.active_flows == 0  # state freed at flow end
+    assert eng.counters["packets"] == sum(len(f[0]) for f in flows.values())
+
+
+def test_anytime_verdict_uses_only_complete_steps(handle):
+    rng = np.random.default_rng(1)
+    key, ts, size, d = _flow(rng, 0, 80, 20.0)
+    eng = StreamingClassifier(handle, emit="update")
+    ups = _updates(key, 0, ts, size, d, [40])
+    v = eng.process([wire.decode(wire.encode_updates([ups[0]]))])
+    assert len(v) == 1 and not v[0].final
+    enc = handle.loaded.encoder
+    open_step = int(enc.steps_of(np.array([ts[39] - ts[0]]))[0])
+    assert v[0].steps == open_step  # the step of the newest packet is still open
+    got = np.array([v[0].probabilities[c] for c in handle.classes])
+    np.testing.assert_allclose(got, _whole(handle, ts[:40], size[:40], d[:40], upto_step=open_step),
+                               rtol=1e-4, atol=1e-6)
+
+
+def test_state_is_bounded_lru_and_counted(handle):
+    eng = StreamingClassifier(handle, max_flows=16, emit="final")
+    rng = np.random.default_rng(2)
+    for fid in range(100):
+        key, ts, size, d = _flow(rng, fid, 4, 2.0)
+        eng.process([wire.decode(wire.encode_updates(_updates(key, fid, ts, size, d, [2])[:1]))])
+        assert eng.active_flows <= 16
+    assert eng.counters["state_evicted"] >= 84
+    assert eng.store.rows <= 16
+    # an evicted flow that continues is counted, not fatal
+    key, ts, size, d = _flow(rng, 0, 4, 2.0)
+    eng.process([wire.decode(wire.encode_updates(_updates(key, 0, ts, size, d, [2])[1:]))])
+    assert eng.drops["flow_start_missed"] == 1
+
+
+def test_policy_first_and_gaps(handle):
+    rng = np.random.default_rng(3)
+    key, ts, size, d = _flow(rng, 0, 60, 10.0)
+    ups = _updates(key, 0, ts, size, d, [20, 40])
+    eager = StreamingClassifier(handle, emit="first", min_confidence=0.0)
+    out = [v for u in ups for v in eager.process([wire.decode(wire.encode_updates([u]))])]
+    assert len(out) == 1 and not out[0].final  # once, as soon as there is a verdict
+    patient = StreamingClassifier(handle, emit="first", min_confidence=1.0)
+    out = [v for u in ups for v in patient.process([wire.decode(wire.encode_updates([u]))])]
+    assert len(out) == 1 and out[0].final and out[0].reason == "fin"
+    gappy = StreamingClassifier(handle, emit="final")
+    for u in (ups[0], ups[2]):  # the middle update was lost upstream
+        gappy.process([wire.decode(wire.encode_updates([u]))])
+    assert gappy.drops["gap_updates"] == 1 and gappy.drops["gap_packets"] == 20
