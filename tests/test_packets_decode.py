@@ -242,3 +242,23 @@ def test_vlan_inner_option_and_dropping_later_fragments():
     assert len(pb) == 1 and dec.stats["fragments_dropped"] == len(frags) - 1
     with pytest.raises(ValueError):
         Decoder(vlan="middle")
+
+
+def test_ip_length_rules():
+    tcp = bytes(ETH / TCP4)
+    # a frame captured whole whose IPv4 total length claims more bytes than it holds: corrupt
+    bad = bytearray(tcp)
+    bad[16:18] = (500).to_bytes(2, "big")
+    dec = Decoder()
+    assert len(dec.decode(frames([bytes(bad)]))) == 0 and dec.stats["malformed"] == 1
+    # the same bytes cut by a snaplen (wire length larger) are fine: the rest was not captured
+    fb = frames([bytes(bad)])
+    fb.wire_len[:] = 514
+    pb = Decoder().decode(fb)
+    assert len(pb) == 1 and pb.ip_len[0] == 500 and pb.sport[0] == 1234
+    # a datagram too short to hold a TCP header: port-less
+    short = bytes(ETH / IP(src="10.0.0.1", dst="10.0.0.2", proto=6) / Raw(b"\x04\xd2\x01\xbb" + b"\0" * 8))
+    assert decode1(short)["sport"] == 0
+    # SCTP is a port-less flow
+    sctp = bytes(ETH / IP(src="10.0.0.1", dst="10.0.0.2", proto=132) / Raw(b"\x04\xd2\x01\xbb" + b"\0" * 12))
+    assert decode1(sctp)["sport"] == 0 and decode1(sctp)["proto"] == 132

@@ -73,7 +73,7 @@ def test_damaged_capture_is_fatal_in_strict_mode(shared_data):
 
 def _scapy_view(pkt):
     """(src, dst, sport, dport, ip_len, flags) of a plain (untunnelled, unfragmented) IP packet, else None."""
-    from scapy.all import IP, SCTP, TCP, UDP, IPv6, IPv6ExtHdrFragment, NoPayload
+    from scapy.all import IP, TCP, UDP, IPv6, IPv6ExtHdrFragment, NoPayload
 
     layer, ips = pkt, []
     while layer is not None and not isinstance(layer, NoPayload):
@@ -90,7 +90,7 @@ def _scapy_view(pkt):
     l4 = ip.payload
     if isinstance(l4, UDP) and {l4.sport, l4.dport} & {2152, 4789, 5247}:
         return None                                          # tunnels scapy does not open
-    ported = isinstance(l4, (TCP, UDP, SCTP))
+    ported = isinstance(l4, (TCP, UDP))
     ip_len = ip.len if isinstance(ip, IP) else ip.plen + 40
     return (ip.src, ip.dst, l4.sport if ported else 0, l4.dport if ported else 0, ip_len,
             int(l4.flags) if isinstance(l4, TCP) else 0)

@@ -56,8 +56,9 @@ ETYPE_KIND = _table(65536, NON_IP, {0x0800: IPV4, 0x86DD: IPV6, 0x8847: MPLS, 0x
                                     0x8100: VLAN_MARK, 0x88A8: VLAN_MARK, 0x9100: VLAN_MARK,
                                     0x9200: VLAN_MARK})
 ETYPE_SKIP = _table(65536, 0, {0x8864: 6, 0x88BE: 8, 0x8903: 2})
-# IP protocol -> 1 for protocols with 16-bit ports first (TCP, UDP, DCCP, SCTP, UDP-Lite)
-PORTED = _table(256, 0, {6: 1, 17: 1, 33: 1, 132: 1, 136: 1}, np.bool_)
+# IP protocol -> 1 where the flow key has ports: TCP and UDP (others, SCTP included, are
+# port-less flows, as nDPI and most flow tools key them)
+PORTED = _table(256, 0, {6: 1, 17: 1}, np.bool_)
 # protocols that need more than a port read: IPv6 extension headers, AH, tunnels
 UDP_TUNNEL_PORT = _table(65536, 0, {4789: 1, 2152: 1, 5247: 1}, np.bool_)   # VXLAN, GTP-U, CAPWAP data
 SPECIAL_PROTO = _table(256, 0, {0: 1, 43: 1, 60: 1, 51: 1, 44: 1, 4: 1, 41: 1, 47: 1}, np.bool_)
@@ -101,6 +102,9 @@ class _Work:
         self.d = np.ascontiguousarray(fb.data, dtype=np.uint8)
         self.cur = fb.offset.astype(np.int64, copy=True)
         self.end = self.cur + fb.caplen.astype(np.int64)
+        # frames captured whole (no snaplen cut): an IP length beyond their end is corruption
+        self.whole = fb.caplen >= fb.wire_len
+        self.ipend = self.end.copy()    # end of the innermost IP datagram as its header declares it
         self.kind = np.zeros(n, dtype=np.int8)
         self.aux = np.zeros(n, dtype=np.int64)
         self.src_hi = np.zeros(n, dtype=np.uint64)
@@ -322,16 +326,18 @@ class _Work:
         m = _mat(self.d, c, 20)
         b0 = m[:, 0]
         ihl = (b0 & 0x0F).astype(np.int64) * 4
-        good = ((b0 >> 4) == 4) & (ihl >= 20)
+        tot = (m[:, 2].astype(np.int64) << 8) | m[:, 3]
+        good = ((b0 >> 4) == 4) & (ihl >= 20) & ~(self.whole[s] & (c + tot > self.end[s]))
         if not good.all():
             self.drop(s[~good], MALFORMED)
-            s, c, m, ihl = s[good], c[good], m[good], ihl[good]
+            s, c, m, ihl, tot = s[good], c[good], m[good], ihl[good], tot[good]
         self.src_hi[s] = 0
         self.dst_hi[s] = 0
         a = np.ascontiguousarray(m[:, 12:20]).view(">u4").astype(np.uint64) | IPV4_MAPPED
         self.src_lo[s] = a[:, 0]
         self.dst_lo[s] = a[:, 1]
-        self.ip_len[s] = (m[:, 2].astype(np.uint32) << 8) | m[:, 3]
+        self.ip_len[s] = tot
+        self.ipend[s] = np.where(tot > 0, c + tot, self.end[s])   # 0: TSO/GSO, length unknown
         proto = m[:, 9]
         self.proto[s] = proto
         self.ver[s] = 4
@@ -355,13 +361,15 @@ class _Work:
         s = sel[ok]
         c = self.cur[s]
         m = _mat(self.d, c, 8)
-        good = (m[:, 0] >> 4) == 6
+        plen = (m[:, 4].astype(np.int64) << 8) | m[:, 5]
+        good = ((m[:, 0] >> 4) == 6) & ~(self.whole[s] & (c + 40 + plen > self.end[s]))
         if not good.all():
             self.drop(s[~good], MALFORMED)
-            s, c, m = s[good], c[good], m[good]
+            s, c, m, plen = s[good], c[good], m[good], plen[good]
         a = _windows(self.d, 32)[c + 8].view(">u8").reshape(len(s), 4).astype(np.uint64)
         self.src_hi[s], self.src_lo[s], self.dst_hi[s], self.dst_lo[s] = a[:, 0], a[:, 1], a[:, 2], a[:, 3]
-        self.ip_len[s] = ((m[:, 4].astype(np.uint32) << 8) | m[:, 5]) + 40
+        self.ip_len[s] = plen + 40
+        self.ipend[s] = np.where(plen > 0, c + 40 + plen, self.end[s])   # 0: jumbogram
         self.proto[s] = m[:, 6]
         self.ver[s] = 6
         self.sport[s] = 0
@@ -380,13 +388,16 @@ class _Work:
         ported = PORTED[nh]
         if ported.any():
             s = sel[ported]
-            ok = self.need(s, 4)
-            s = s[ok]
+            l4 = nh[ported]
             c = self.cur[s]
+            # ports need 4 captured bytes, and a datagram long enough to hold the whole
+            # L4 header (TCP 20, UDP 8): otherwise the header is not there (ports 0)
+            hmin = np.where(l4 == 6, 20, np.where(l4 == 17, 8, 4))
+            ok = (c + 4 <= self.end[s]) & (c + hmin <= self.ipend[s])
+            s, c, l4 = s[ok], c[ok], l4[ok]
             pp = _windows(d, 4)[c].view(">u2").reshape(len(s), 2)
             self.sport[s] = pp[:, 0]
             self.dport[s] = pp[:, 1]
-            l4 = nh[ported][ok]
             tcp = l4 == 6
             if tcp.any():
                 t = s[tcp]
