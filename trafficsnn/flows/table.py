@@ -27,6 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..packets.batch import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, PacketBatch
+from .hashindex import HashIndex
 from .records import END_REASONS, Flow, FlowKey, FlowUpdate
 
 # end-reason codes: 0 = not ended, else index into END_REASONS plus one
@@ -168,9 +169,9 @@ class FlowTable:
         self.policy = policy if policy is not None else WholeFlows()
         self.clock = -np.inf
         self._slots = _Grow(_SLOT_COLS, 1024)
-        self._free: list[int] = []
+        self._free = np.empty(0, np.int64)      # stack of free slots
         self._n_live = 0
-        self._index: dict[int, int] = {}
+        self._index = HashIndex()
         self._overflow: dict[tuple, int] = {}
         self._store = _Grow(_STORE_COLS, 4096)
         self._segs = _Grow((("slot", np.int64), ("start", np.int64), ("end", np.int64),
@@ -233,8 +234,9 @@ class FlowTable:
         """Bytes held by the table's arrays and index (an estimate for the dict)."""
         import sys
 
-        dict_b = sys.getsizeof(self._index) + len(self._index) * (36 + 28)
-        return self._slots.nbytes() + self._store.nbytes() + self._segs.nbytes() + dict_b
+        over = sys.getsizeof(self._overflow) + len(self._overflow) * 200
+        return (self._slots.nbytes() + self._store.nbytes() + self._segs.nbytes() + self._index.nbytes
+                + self._free.nbytes + over)
 
     # ------------------------------------------------------------- internals
     def _ingest(self, batch: PacketBatch, out: list) -> np.ndarray:
@@ -274,8 +276,7 @@ class FlowTable:
         hs = None
 
         # look the groups up among live flows
-        get = self._index.get
-        gslot = np.array([get(x, -1) for x in ghash.tolist()], dtype=np.int64)
+        gslot, _ = self._index.lookup(ghash)
         found = gslot >= 0
         if found.any():
             fs = gslot[found]
@@ -470,12 +471,8 @@ class FlowTable:
 
         # maintain the index: remove ended live flows, add instances that stay live
         ended_seg = s_end != 0
-        gone = np.concatenate((old_slots, seg_slot[cont & ended_seg]))
-        for s in gone.tolist():
-            self._unindex(s)
-        stay = fresh & ~ended_seg
-        for s in seg_slot[stay].tolist():
-            self._reindex(s)
+        self._unindex(np.concatenate((old_slots, seg_slot[cont & ended_seg])))
+        self._reindex(seg_slot[fresh & ~ended_seg])
 
         # end what ended, oldest flow first
         end_slots = np.concatenate((old_slots, seg_slot[ended_seg]))
@@ -486,9 +483,8 @@ class FlowTable:
 
     def _alloc(self, m: int) -> np.ndarray:
         take = min(m, len(self._free))
-        got = np.array(self._free[len(self._free) - take:], dtype=np.int64) if take else np.empty(0, np.int64)
-        if take:
-            del self._free[len(self._free) - take:]
+        got = self._free[len(self._free) - take:]
+        self._free = self._free[: len(self._free) - take]
         rest = m - take
         if rest:
             start = self._slots.n
@@ -501,19 +497,32 @@ class FlowTable:
         S = self._slots.cols
         return tuple(int(S[k][s]) for k in _KEY_NAMES)
 
-    def _reindex(self, s: int) -> None:
-        h = int(self._slots.cols["hash"][s])
-        if h in self._index:
-            self._overflow[self._key_tuple(s)] = s
+    def _reindex(self, slots: np.ndarray) -> None:
+        """Make ``slots`` findable; a hash already taken (true collision) goes to the side dict."""
+        if len(slots) == 0:
+            return
+        h = self._slots.cols["hash"][slots]
+        taken = self._index.lookup(h)[0] >= 0
+        sh = np.sort(h)
+        if (sh[1:] == sh[:-1]).any():
+            dup = np.ones(len(h), bool)
+            dup[np.unique(h, return_index=True)[1]] = False
         else:
-            self._index[h] = s
+            dup = np.zeros(len(h), bool)
+        side = taken | dup
+        self._index.insert(h[~side], slots[~side])
+        for s in slots[side].tolist():
+            self._overflow[self._key_tuple(s)] = s
 
-    def _unindex(self, s: int) -> None:
-        h = int(self._slots.cols["hash"][s])
-        if self._index.get(h) == s:
-            del self._index[h]
-        elif self._overflow:
-            self._overflow.pop(self._key_tuple(s), None)
+    def _unindex(self, slots: np.ndarray) -> None:
+        if len(slots) == 0:
+            return
+        res, where = self._index.lookup(self._slots.cols["hash"][slots])
+        mine = res == slots
+        self._index.remove_at(where[mine])
+        if self._overflow and not mine.all():
+            for s in slots[~mine].tolist():
+                self._overflow.pop(self._key_tuple(s), None)
 
     def _end(self, slots: np.ndarray, codes: np.ndarray, indexed: bool = True) -> list:
         """Hand ended flows to the policy and free their slots. Ordered by flow id."""
@@ -523,12 +532,11 @@ class FlowTable:
         o = np.argsort(S["fid"][slots], kind="stable")
         slots, codes = slots[o], codes[o]
         if indexed:
-            for s in slots.tolist():
-                self._unindex(s)
+            self._unindex(slots)
         out = self.policy.final(self, slots, codes)
         S["live"][slots] = False
         self._n_live -= len(slots)
-        self._free.extend(slots.tolist())
+        self._free = np.concatenate((self._free, slots))
         ended = self.stats["ended"]
         self.stats["flows_ended"] += len(slots)
         for c, k in zip(*np.unique(codes, return_counts=True)):
