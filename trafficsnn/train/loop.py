@@ -256,7 +256,7 @@ def fit_torch(
             opt.step()
             if clamp is not None:
                 clamp()
-            tot_loss += float(loss) * len(idx)
+            tot_loss += float(loss.detach()) * len(idx)
             preds.append(logits.argmax(1).cpu().numpy())
             trues.append(train_set.y[idx])
         train_loss = tot_loss / max(len(order), 1)

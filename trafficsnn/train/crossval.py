@@ -1,0 +1,118 @@
+"""Grouped k-fold cross-validation of several model kinds on the same samples.
+
+For each seed, captures (and session groups) are dealt into k folds; each fold is the
+test side once, the validation side is carved out of the remaining units (grouped
+again), and every model kind is fitted on the same train/validation samples. Reported:
+macro-F1 of the pooled out-of-fold predictions per seed (all flows and cap20 flows),
+mean +- std over seeds, plus the per-fold mean +- std.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .datasets import SampleSet
+from .metrics import macro_f1
+from .runner import TrainOptions, fit_predictor
+from .splits import grouped_kfold, grouped_split
+
+
+def crossval(
+    ds: SampleSet, opts: TrainOptions, models: Sequence[str] = ("snn", "mlp", "gbt"),
+    k: int = 5, seeds: Sequence[int] = (0, 1, 2), log_path: str | Path | None = None,
+) -> dict:
+    n_cls = len(ds.classes)
+    res: dict = {"k": k, "seeds": list(seeds), "models": {}, "n": len(ds), "classes": ds.classes,
+                 "max_packets": opts.max_packets, "preset": opts.preset}
+    for m in models:
+        res["models"][m] = {"seed_macro_f1": [], "seed_macro_f1_cap20": [], "fold_macro_f1": [], "seconds": 0.0}
+    for seed in seeds:
+        folds = grouped_kfold(ds.capture, ds.y, k, seed, opts.session_groups)
+        oof = {m: np.full(len(ds), -1, np.int64) for m in models}
+        for f in range(k):
+            test_idx = np.flatnonzero(folds == f)
+            rest = np.flatnonzero(folds != f)
+            sub = ds.subset(rest)
+            side = grouped_split(sub.capture, sub.y, (0.8, 0.2, 0.0), seed * 100 + f, opts.session_groups)
+            train, val = sub.subset(np.flatnonzero(side == 0)), sub.subset(np.flatnonzero(side == 1))
+            test = ds.subset(test_idx)
+            for m in models:
+                t0 = time.time()
+                with tempfile.TemporaryDirectory() as tmp:
+                    o = replace(opts, model=m, seed=seed * 1000 + f, quiet=True, resume=False)
+                    pred, _ = fit_predictor(train, val, o, Path(tmp))
+                    p = pred.logits(test).argmax(1)
+                oof[m][test_idx] = p
+                f1 = macro_f1(test.y, p, n_cls)
+                res["models"][m]["fold_macro_f1"].append(f1)
+                res["models"][m]["seconds"] += time.time() - t0
+                if log_path:
+                    with open(log_path, "a") as fh:
+                        fh.write(json.dumps({"seed": seed, "fold": f, "model": m, "max_packets": opts.max_packets,
+                                             "macro_f1": f1, "n_test": len(test)}) + "\n")
+        for m in models:
+            res["models"][m]["seed_macro_f1"].append(macro_f1(ds.y, oof[m], n_cls))
+            c = ds.cap20
+            res["models"][m]["seed_macro_f1_cap20"].append(macro_f1(ds.y[c], oof[m][c], n_cls))
+    for m, r in res["models"].items():
+        for key in ("seed_macro_f1", "seed_macro_f1_cap20", "fold_macro_f1"):
+            v = np.asarray(r[key])
+            r[key.replace("seed_", "") + "_mean"] = float(v.mean())
+            r[key.replace("seed_", "") + "_std"] = float(v.std(ddof=1)) if v.size > 1 else 0.0
+    return res
+
+
+def format_table(results: list[dict]) -> str:
+    """Markdown table: one row per (model, max_packets)."""
+    lines = ["| model | packets | macro-F1 all flows | macro-F1 cap20 | per-fold macro-F1 |", "|---|---|---|---|---|"]
+    for res in results:
+        pk = res["max_packets"] or "all"
+        for m, r in res["models"].items():
+            lines.append(f"| {m} | {pk} | {r['macro_f1_mean']:.3f} ± {r['macro_f1_std']:.3f} | "
+                         f"{r['macro_f1_cap20_mean']:.3f} ± {r['macro_f1_cap20_std']:.3f} | "
+                         f"{r['fold_macro_f1_mean']:.3f} ± {r['fold_macro_f1_std']:.3f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m trafficsnn.train.crossval DATA --labels CSV ...`` (used for the model card numbers)."""
+    import argparse
+
+    from .runner import expand_session_groups, load_samples
+
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("data")
+    ap.add_argument("--labels")
+    ap.add_argument("--preset", default="improved")
+    ap.add_argument("--models", default="snn,mlp,gbt")
+    ap.add_argument("--k", type=int, default=5)
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--max-packets", default="all", help="comma-separated: all,10,30")
+    ap.add_argument("--session-group", action="append", default=["ndpi"])
+    ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--hidden", type=int, default=None)
+    ap.add_argument("--cache-dir", default=None)
+    ap.add_argument("--out", default="crossval.json")
+    a = ap.parse_args(argv)
+    results = []
+    for mp in a.max_packets.split(","):
+        opts = TrainOptions(preset=a.preset, labels_csv=a.labels, session_groups=expand_session_groups(a.session_group),
+                            max_packets=None if mp == "all" else int(mp), epochs=a.epochs, cache_dir=a.cache_dir,
+                            quiet=True, device="cpu", n_hidden=a.hidden)
+        ds = load_samples(a.data, opts)
+        res = crossval(ds, opts, a.models.split(","), a.k, [int(s) for s in a.seeds.split(",")],
+                       log_path=Path(a.out).with_suffix(".log.jsonl"))
+        results.append(res)
+        print(format_table([res]), flush=True)
+    Path(a.out).write_text(json.dumps(results, indent=1))
+    print(format_table(results))
+
+
+if __name__ == "__main__":
+    main()
