@@ -100,3 +100,30 @@ def test_help_and_bad_output(tmp_path, capsys):
     write_pcap(p, _two_flows())
     code, _, err = _run(capsys, "extract", str(p), "-o", str(tmp_path / "no" / "such" / "x.npz"))
     assert code != 0 and "does not exist" in err
+
+
+def test_flows_from_capture_per_file_and_errors(tmp_path):
+    from trafficsnn.flows import flows_from_capture
+
+    a, b = tmp_path / "a.pcap", tmp_path / "b.pcap"
+    write_pcap(a, _two_flows())
+    write_pcap(b, _two_flows())
+    b.write_bytes(b.read_bytes()[:-30])
+    errs: list = []
+    flows = list(flows_from_capture([a, b], errors=errs))
+    assert len(flows) == 4 and sum(f.packets for f in flows) == 9     # flows never span files
+    assert len(errs) == 1 and "b.pcap" in str(errs[0])
+
+
+def test_every_shared_capture_extracts_without_crash(shared_data, tmp_path):
+    from trafficsnn.commands.extract import extract_files
+
+    for folder in ("robustness", "developer"):
+        pcaps = sorted(str(p) for p in (shared_data / "ndpi" / folder / "pcap").iterdir())
+        warnings: list[str] = []
+        s = extract_files(pcaps, str(tmp_path / f"{folder}.npz"), warn=warnings.append)
+        assert s["files"] == len(pcaps) and s["packets"] > 0 and s["flows"] > 0
+        assert s["errors"] <= len(warnings)
+        if folder == "robustness":
+            assert any("fuzz-2021-10-13.pcap" in w for w in warnings)
+        assert len(read_flows(tmp_path / f"{folder}.npz")) == s["flows"]
