@@ -262,3 +262,13 @@ def test_ip_length_rules():
     # SCTP is a port-less flow
     sctp = bytes(ETH / IP(src="10.0.0.1", dst="10.0.0.2", proto=132) / Raw(b"\x04\xd2\x01\xbb" + b"\0" * 12))
     assert decode1(sctp)["sport"] == 0 and decode1(sctp)["proto"] == 132
+
+
+def test_geneve_and_more_ipv6_extension_headers():
+    from scapy.contrib.geneve import GENEVE
+    check(decode1(ETH / OUTER / UDP(sport=1, dport=6081) / GENEVE(proto=0x6558) / ETH / INNER), INNER_W)
+    check(decode1(ETH / OUTER / UDP(sport=1, dport=6081) / GENEVE(proto=0x0800) / INNER), INNER_W)
+    mob = bytes([17, 1]) + b"\0" * 14      # mobility header, (1 + 1) * 8 bytes
+    l4 = bytes(UDP(sport=5353, dport=53) / Raw(b"y" * 7))
+    p6 = bytes(IPv6(src="2001:db8::1", dst="2001:db8::2", nh=135, plen=16 + len(l4))) + mob + l4
+    check(decode1(p6, 101), U6 | {"ip_len": 40 + 16 + 15})

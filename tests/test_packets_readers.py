@@ -272,3 +272,13 @@ def test_bad_caplen_far_from_the_end_is_caught(tmp_path, bogus, chunk):
     # and the same file without damage, read in small chunks with a small snaplen: every frame
     r = CaptureReader(write(tmp_path, pcap_bytes(pkts, snaplen=96), "ok.pcap"), chunk_size=chunk, batch_size=1000)
     assert concat_frames(list(r)) == pkts and r.errors == []
+
+
+def test_pcapng_obsolete_packet_block_and_spb_clock(tmp_path):
+    opb = block("<", 2, struct.pack("<HHIIII", 0, 0, 0, 5_000_000, len(PKTS[0]), len(PKTS[0])) + PKTS[0])
+    data = shb() + idb() + opb + spb("<", PKTS[1]) + epb("<", 0, 9_000_000, PKTS[2]) + spb("<", PKTS[3])
+    p = write(tmp_path, data)
+    r, batches = read_all(p)
+    assert r.errors == [] and concat_frames(batches) == PKTS[:4]
+    assert cols(batches, "ts").tolist() == [5.0, 5.0, 9.0, 9.0]
+    assert r.stats["position"] == len(data)

@@ -60,8 +60,9 @@ ETYPE_SKIP = _table(65536, 0, {0x8864: 6, 0x88BE: 8, 0x8903: 2})
 # port-less flows, as nDPI and most flow tools key them)
 PORTED = _table(256, 0, {6: 1, 17: 1}, np.bool_)
 # protocols that need more than a port read: IPv6 extension headers, AH, tunnels
-UDP_TUNNEL_PORT = _table(65536, 0, {4789: 1, 2152: 1, 5247: 1}, np.bool_)   # VXLAN, GTP-U, CAPWAP data
-SPECIAL_PROTO = _table(256, 0, {0: 1, 43: 1, 60: 1, 51: 1, 44: 1, 4: 1, 41: 1, 47: 1}, np.bool_)
+UDP_TUNNEL_PORT = _table(65536, 0, {4789: 1, 2152: 1, 5247: 1, 6081: 1}, np.bool_)  # VXLAN GTP-U CAPWAP Geneve
+SPECIAL_PROTO = _table(256, 0, {0: 1, 43: 1, 60: 1, 135: 1, 139: 1, 140: 1, 51: 1, 44: 1, 4: 1, 41: 1, 47: 1},
+                       np.bool_)
 
 VLAN_TYPES = (0x8100, 0x88A8, 0x9100, 0x9200)
 AF_INET_VALUES = (2, 10, 23, 24, 28, 30)   # AF_INET and the AF_INET6 of Linux, Windows, *BSD, macOS
@@ -418,6 +419,16 @@ class _Work:
                     self.save_fallback(v, "vxlan")
                     self.cur[v] += 16
                     self.kind[v] = ETH
+                gn = (dp == 6081) & self.need(u, 16)
+                if gn.any():            # Geneve: 8 bytes + options, protocol type as an ethertype
+                    g = u[gn]
+                    c = self.cur[g]
+                    g_ok = (d[c + 8] >> 6) == 0
+                    g, c = g[g_ok], c[g_ok]
+                    self.save_fallback(g, "geneve")
+                    self.aux[g] = _be16(d, c + 10)
+                    self.cur[g] = c + 16 + (d[c + 8] & 0x3F).astype(np.int64) * 4
+                    self.kind[g] = ETYPE
                 cw = ((dp == 5247) | (sp == 5247)) & self.need(u, 10)
                 if cw.any():
                     g = u[cw]
@@ -437,7 +448,8 @@ class _Work:
     def _special_proto(self, sel: np.ndarray, nh: np.ndarray) -> None:
         """IPv6 extension headers, AH, IPv6 fragments and IP/GRE tunnels."""
         d = self.d
-        ext = ((nh == 0) | (nh == 43) | (nh == 60)) & (self.ver[sel] == 6)
+        # hop-by-hop, routing, destination options, mobility, HIP, shim6: (len + 1) * 8 bytes
+        ext = np.isin(nh, (0, 43, 60, 135, 139, 140)) & (self.ver[sel] == 6)
         if ext.any():
             s = sel[ext]
             ok = self.need(s, 2)

@@ -89,7 +89,8 @@ class CaptureReader:
     def __iter__(self) -> Iterator[FrameBatch]:
         self.errors = []
         self.stats = {"format": None, "frames": 0, "captured_bytes": 0, "wire_bytes": 0,
-                      "sections": 0, "interfaces": 0, "skipped_blocks": 0, "linktypes": Counter()}
+                      "sections": 0, "interfaces": 0, "skipped_blocks": 0, "linktypes": Counter(),
+                      "position": 0}
         try:
             f = open(self.path, "rb")
         except OSError as e:
@@ -215,12 +216,14 @@ class CaptureReader:
                 return self._fail(base + bad[0], bad[1])
             # keep the incomplete tail for the next read
             if eof:
+                self.stats["position"] = base + end
                 if p < end:
                     what = ("record header" if end - p < rhl else "record data")
                     self._fail(base + p, f"file cut short in the middle of a {what} "
                                f"({end - p} bytes left)")
                 return
             base += p
+            self.stats["position"] = base
             buf = buf[p:]
             # a record larger than the chunk: read enough for it at once
             want = self.chunk_size
@@ -243,6 +246,7 @@ class CaptureReader:
         if_units: list[int] = []
         if_off: list[int] = []
         in_section = False
+        last_ts = 0.0
         while True:
             if not eof:
                 more = _read_fully(f, want)
@@ -253,7 +257,7 @@ class CaptureReader:
             d = np.frombuffer(buf, dtype=np.uint8)
             p = 0
             bad = None
-            spb: list[tuple[int, int, int]] = []  # (data offset, caplen, wire) of simple packet blocks
+            slow: list[tuple] = []  # (data offset, caplen, wire, ts, linktype) of simple/obsolete packet blocks
             while True:
                 # fast walk over enhanced packet blocks of this section
                 u2 = struct.Struct(order + "II").unpack_from
@@ -279,6 +283,9 @@ class CaptureReader:
                     else:
                         stop = "special"
                 if offs:
+                    if slow:                    # keep file order: pending simple/obsolete blocks first
+                        yield from self._emit_slow(d, slow)
+                        slow = []
                     if not in_section:
                         bad = (offs[0], "packet block before any section header block")
                         break
@@ -314,6 +321,7 @@ class CaptureReader:
                               + np.asarray(if_off, dtype=np.float64)[iface])
                         lt = np.asarray(if_lt, dtype=np.uint16)[iface]
                         yield from self._emit(d, o + 28, cap, np.maximum(wire, cap), ts, lt)
+                        last_ts = float(ts[-1])
                     if bad is not None:
                         break
                 if stop == "bad":
@@ -387,22 +395,37 @@ class CaptureReader:
                         break
                     wire = struct.unpack_from(order + "I", body, 0)[0]
                     cap = min(wire, len(body) - 4, if_snap[0])
-                    spb.append((p + 12, cap, wire))
+                    # no timestamp in an SPB: keep the clock where the last packet left it
+                    slow.append((p + 12, cap, wire, last_ts, if_lt[0]))
+                elif t == 2:  # obsolete packet block (pcapng drafts): like an EPB, 16-bit interface
+                    if len(body) < 20:
+                        bad = (p, "corrupt packet block (too short)")
+                        break
+                    iface, _drops, hi, lo, cap, wire = struct.unpack_from(order + "HHIIII", body, 0)
+                    if iface >= len(if_lt) or cap > len(body) - 20:
+                        bad = (p, "corrupt packet block (interface or caplen)")
+                        break
+                    u = if_units[iface]
+                    ticks = (hi << 32) | lo
+                    last_ts = ticks // u + (ticks % u) / u + if_off[iface]
+                    slow.append((p + 28, cap, max(wire, cap), last_ts, if_lt[iface]))
                 else:
                     st["skipped_blocks"] += 1
-                if spb and (t != 3 or len(spb) >= self.batch_size):
-                    yield from self._emit_spb(d, spb, if_lt[0] if if_lt else 0)
-                    spb = []
+                if slow and (t not in (2, 3) or len(slow) >= self.batch_size):
+                    yield from self._emit_slow(d, slow)
+                    slow = []
                 p += blen
-            if spb:
-                yield from self._emit_spb(d, spb, if_lt[0] if if_lt else 0)
+            if slow:
+                yield from self._emit_slow(d, slow)
             if bad is not None:
                 return self._fail(base + bad[0], bad[1])
             if eof:
+                st["position"] = base + end
                 if p < end:
                     self._fail(base + p, f"file cut short in the middle of a block ({end - p} bytes left)")
                 return
             base += p
+            st["position"] = base
             buf = buf[p:]
             if len(buf) >= 8:
                 blen = struct.unpack_from(order + "I", buf, 4)[0]
@@ -412,11 +435,11 @@ class CaptureReader:
                 if blen <= ABSURD_BLOCK:
                     want = max(want, blen - len(buf))
 
-    def _emit_spb(self, d: np.ndarray, spb: list[tuple[int, int, int]], lt: int) -> Iterator[FrameBatch]:
-        a = np.array(spb, dtype=np.int64).reshape(-1, 3)
-        n = len(a)
-        yield from self._emit(d, a[:, 0], a[:, 1].astype(np.uint32), a[:, 2].astype(np.uint32),
-                              np.zeros(n, dtype=np.float64), np.full(n, lt, dtype=np.uint16))
+    def _emit_slow(self, d: np.ndarray, rows: list[tuple]) -> Iterator[FrameBatch]:
+        off, cap, wire, ts, lt = zip(*rows)
+        yield from self._emit(d, np.array(off, dtype=np.int64), np.array(cap, dtype=np.uint32),
+                              np.array(wire, dtype=np.uint32), np.array(ts, dtype=np.float64),
+                              np.array(lt, dtype=np.uint16))
 
 
 def open_capture(path: str | os.PathLike, *, batch_size: int = 65536, strict: bool = False) -> CaptureReader:
