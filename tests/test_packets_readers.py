@@ -282,3 +282,13 @@ def test_pcapng_obsolete_packet_block_and_spb_clock(tmp_path):
     assert r.errors == [] and concat_frames(batches) == PKTS[:4]
     assert cols(batches, "ts").tolist() == [5.0, 5.0, 9.0, 9.0]
     assert r.stats["position"] == len(data)
+
+
+def test_gzip_cut_short_is_damage_not_a_crash(tmp_path):
+    z = gzip.compress(pcap_bytes(MANY))
+    p = tmp_path / "cut.pcap.gz"
+    p.write_bytes(z[: len(z) // 2])
+    r = CaptureReader(p, chunk_size=4096)
+    frames = concat_frames(list(r))
+    assert len(r.errors) == 1 and "compressed" in r.errors[0].reason
+    assert frames == MANY[: len(frames)] and len(frames) > 0

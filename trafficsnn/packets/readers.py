@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import zlib
 from collections import Counter
 from typing import BinaryIO, Iterator
 
@@ -115,9 +116,12 @@ class CaptureReader:
                 else:
                     self._fail(0, f"unknown magic number 0x{head.hex()}: not a pcap or pcapng file",
                                "convert it with editcap/tshark -F pcap")
-            except (OSError, EOFError, gzip.BadGzipFile, ValueError, struct.error) as e:
+            except (OSError, EOFError, gzip.BadGzipFile, zlib.error, ValueError, struct.error) as e:
                 # I/O trouble or a compressed stream cut short: damage, not a crash
-                self._fail(None, f"read error: {e}")
+                where = "compressed stream" if "compressed" in self.stats else "file"
+                self._fail(self.stats.get("position", 0),
+                           f"read error in the {where} after the last complete chunk: {e or type(e).__name__}",
+                           "the offset counts decompressed bytes" if where != "file" else "")
         finally:
             f.close()
 
