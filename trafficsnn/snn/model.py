@@ -20,7 +20,7 @@ from torch import nn
 
 from .device import resolve_device  # noqa: F401  (re-exported for callers)
 from .encoding import SparseBatch
-from .kernels import lif_scan
+from .kernels import lif_scan, lif_scan_events, make_events
 from .layers import LeakyMeanReadout, LIFLayer
 from .neurons import (EPS, LIFState, lif_step, readout_loop_scores, readout_time_weights)
 
@@ -116,14 +116,25 @@ class SpikingClassifier(nn.Module):
         """Logits and hidden spike counts of whole inputs (from rest)."""
         if reference:
             return self._run_reference(x)
-        cur = self.input_currents(x)
-        b, t, h = cur.shape
+        b, t = (x.n_samples, x.n_steps) if isinstance(x, SparseBatch) else x.shape[:2]
         beta2 = self.readout.beta
         wts = torch.stack([readout_time_weights(beta2, t), torch.ones_like(beta2).expand(t)])
-        zero = cur.new_zeros(b, h)
-        p = self.hidden.params()
-        out, _, _ = lif_scan(cur, p.norm, p.b, p.beta, zero, zero, wts, p.slope, self.kernel)
+        zero = self.hidden.weight.new_zeros(b, self.n_hidden)
+        out, _, _ = self._scan(x, zero, zero, wts)
         return ModelOutput(self._scores(out[:, 0], float(t)), out[:, 1].detach())
+
+    def _scan(self, x: Input, v0: torch.Tensor, s0: torch.Tensor, wts: torch.Tensor):
+        """Fused hidden layer: sparse events go straight to the kernel (no (B, T, H) currents)."""
+        p = self.hidden.params()
+        if isinstance(x, SparseBatch):
+            if x.n_inputs != self.n_inputs:
+                raise ValueError(f"batch has {x.n_inputs} input neurons, model expects {self.n_inputs}")
+            ev = make_events(x.sample, x.step, x.neuron, x.value, x.n_samples, x.n_steps,
+                             self.hidden.weight.dtype)
+            return lif_scan_events(ev, self.hidden.weight, p.norm, p.b, p.beta, v0, s0, wts,
+                                   p.slope, self.kernel)
+        cur = self.input_currents(x)
+        return lif_scan(cur, p.norm, p.b, p.beta, v0, s0, wts, p.slope, self.kernel)
 
     def forward(self, x: Input, reference: bool = False) -> torch.Tensor:
         """Class scores (B, C) of whole inputs: dense (B, T, N) tensor or SparseBatch."""
@@ -168,17 +179,16 @@ class SpikingClassifier(nn.Module):
             n = events.shape[0]
         if n != state.v.shape[0]:
             raise ValueError(f"events are for {n} flows but the state holds {state.v.shape[0]}")
-        cur = self.input_currents(events)
-        k = cur.shape[1]
+        k = events.n_steps if isinstance(events, SparseBatch) else events.shape[1]
         if k == 0:
             return state
         beta2 = self.readout.beta.reshape(())
-        pw = beta2 ** torch.arange(k, 0, -1, dtype=cur.dtype, device=cur.device)   # beta2^(k-tau)
-        pm = beta2 ** torch.arange(k - 1, -1, -1, dtype=cur.dtype, device=cur.device)  # beta2^(k-1-tau)
+        dt, dev = beta2.dtype, beta2.device
+        pw = beta2 ** torch.arange(k, 0, -1, dtype=dt, device=dev)        # beta2^(k-tau)
+        pm = beta2 ** torch.arange(k - 1, -1, -1, dtype=dt, device=dev)   # beta2^(k-1-tau)
         wts = torch.stack([1 - pw, (1 - beta2) * pm, torch.ones_like(pw)])
-        p = self.hidden.params()
-        out, v, s = lif_scan(cur, p.norm, p.b, p.beta, state.v, state.s, wts, p.slope, self.kernel)
-        geo = (beta2 ** torch.arange(1, k + 1, dtype=cur.dtype, device=cur.device)).sum()
+        out, v, s = self._scan(events, state.v, state.s, wts)
+        geo = (beta2 ** torch.arange(1, k + 1, dtype=dt, device=dev)).sum()
         acc = state.acc + state.m * geo + out[:, 0]
         m = state.m * beta2 ** k + out[:, 1]
         return StreamState(v, s, m, acc, state.steps + k, state.counts + out[:, 2])
