@@ -155,18 +155,25 @@ class CaptureAgent:
                     return
                 if cfg.bpf_filter:
                     fb = self._pcap_filter(fb)
-                if cfg.speed and len(fb):
-                    # recorded speed: wait until the batch's last packet is due
-                    if t0_rec is None:
-                        t0_rec, t0_wall = float(fb.ts[0]), time.monotonic()
-                    due = t0_wall + (float(fb.ts[-1]) - t0_rec) / cfg.speed
+                if not (cfg.speed and len(fb)):
+                    yield fb
+                    continue
+                # recorded speed: hand out slices of 10 ms (recorded) when they are due
+                if t0_rec is None:
+                    t0_rec, t0_wall = float(fb.ts[0]), time.monotonic()
+                cuts = np.flatnonzero(np.diff(np.floor((fb.ts - t0_rec) / 0.01))) + 1
+                for a, b in zip(np.concatenate([[0], cuts]).tolist(), np.concatenate([cuts, [len(fb)]]).tolist()):
+                    part = _slice(fb, a, b)
+                    due = t0_wall + (float(part.ts[-1]) - t0_rec) / cfg.speed
                     while not self._stop.is_set():
                         left = due - time.monotonic()
                         if left <= 0:
                             break
                         self._stop.wait(min(left, 0.05))
                         self._housekeeping(time.monotonic())
-                yield fb
+                    if self._stop.is_set():
+                        return
+                    yield part
             for err in getattr(reader, "errors", []):
                 log.warning("%s", err)
             self.source_stats[str(path)] = dict(getattr(reader, "stats", {}))
@@ -344,6 +351,12 @@ class CaptureAgent:
         c = self.counters
         return (f"{c['packets']} packets, {c['updates_sent']} updates sent, "
                 f"{c['updates_dropped']} dropped ({c['packets_dropped']} packets)")
+
+
+def _slice(fb: Any, a: int, b: int) -> Any:
+    """Frames a..b of a FrameBatch (same data buffer, no copy)."""
+    return type(fb)(data=fb.data, offset=fb.offset[a:b], caplen=fb.caplen[a:b], wire_len=fb.wire_len[a:b],
+                    ts=fb.ts[a:b], linktype=fb.linktype[a:b])
 
 
 def run_agent(cfg: AgentConfig, *, quiet: bool = False) -> dict[str, Any]:

@@ -105,6 +105,8 @@ class ClassifierDaemon:
             self.metrics = Metrics(self.prometheus_snapshot)
             self.metrics.serve(cfg.metrics_port, cfg.metrics_addr)
 
+    drain_quiet_ms = 200
+
     def _make_socket(self) -> zmq.Socket:
         cfg = self.cfg
         s = self.ctx.socket(zmq.PULL)
@@ -219,8 +221,10 @@ class ClassifierDaemon:
         t0 = time.perf_counter()
         verdicts = self.engine.process(items)
         dt = time.perf_counter() - t0
-        for s in self.sinks:
-            s.write(verdicts)
+        if verdicts:
+            for s in self.sinks:
+                s.write(verdicts)
+                s.flush()  # consumers tailing the file see each batch's verdicts at once
         if self.metrics is not None:
             self.metrics.batch_size.observe(sum(len(b) for b in items))
             self.metrics.inference.observe(dt)
@@ -236,7 +240,9 @@ class ClassifierDaemon:
             got = self._receive(limit=1 << 30)
             if self.batcher.items:
                 self._process()
-            if not got:
+            # what the I/O thread is still reading off the connections counts as queued too:
+            # stop only after a short quiet spell
+            if not got and not self.sock.poll(self.drain_quiet_ms):
                 break
         if self.cfg.verdicts_at_exit:
             vs = self.engine.flush_open("shutdown")
