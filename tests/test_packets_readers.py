@@ -292,3 +292,9 @@ def test_gzip_cut_short_is_damage_not_a_crash(tmp_path):
     frames = concat_frames(list(r))
     assert len(r.errors) == 1 and "compressed" in r.errors[0].reason
     assert frames == MANY[: len(frames)] and len(frames) > 0
+
+
+def test_pcap_linktype_upper_bits_are_fcs_flags(tmp_path):
+    p = write(tmp_path, pcap_bytes(PKTS, linktype=0x14000001))     # FCS length 2 (0x1 << 28), F bit, EN10MB
+    r, batches = read_all(p)
+    assert r.errors == [] and set(cols(batches, "linktype").tolist()) == {1}

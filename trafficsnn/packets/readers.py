@@ -162,7 +162,7 @@ class CaptureReader:
         vmaj, vmin, _tz, _sigfigs, snaplen, network = struct.unpack(order + "HHiIII", rest)
         if vmaj != 2:
             return self._fail(4, f"unsupported pcap version {vmaj}.{vmin} (expected 2.x)")
-        linktype = network & 0x03FF_FFFF
+        linktype = network & 0xFFFF          # upper bits: FCS length flags (pcap spec)
         self.stats["sections"] = self.stats["interfaces"] = 1
         self.stats["snaplen"] = snaplen
         # snaplen 0 means "unlimited" for some writers: then only absurd lengths are damage
