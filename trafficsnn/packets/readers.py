@@ -192,8 +192,7 @@ class CaptureReader:
             while p + rhl <= end:
                 c = u32(buf, p + 8)[0]
                 if c > lim:
-                    bad = (p, f"record caplen {c} exceeds the snapshot length {lim}"
-                           if c <= ABSURD_BLOCK else f"corrupt record header (caplen {c})")
+                    bad = (p, self._caplen_reason(c, snaplen))
                     break
                 nxt = p + rhl + c
                 if nxt > end:
@@ -209,8 +208,7 @@ class CaptureReader:
                 if over.any():
                     k = int(np.argmax(over))
                     c = int(cap[k])
-                    bad = (offs[k], f"record caplen {c} exceeds the snapshot length {lim}"
-                           if c <= ABSURD_BLOCK else f"corrupt record header (caplen {c})")
+                    bad = (offs[k], self._caplen_reason(c, snaplen))
                     o, sec, frac, cap, wire = o[:k], sec[:k], frac[:k], cap[:k], wire[:k]
                 ts = sec.astype(np.float64) + frac.astype(np.float64) / tps
                 wire = np.maximum(wire, cap)
@@ -234,6 +232,14 @@ class CaptureReader:
             if len(buf) >= rhl:
                 need = rhl + u32(buf, 8)[0] - len(buf)
                 want = max(want, need)
+
+    @staticmethod
+    def _caplen_reason(c: int, snaplen: int) -> str:
+        if c > ABSURD_BLOCK:
+            return f"corrupt record header (caplen {c})"
+        if snaplen > 0:
+            return f"record caplen {c} exceeds the snapshot length {snaplen}"
+        return f"record caplen {c} exceeds the largest plausible length {MAX_CAPLEN} (the file's snaplen is 0)"
 
     # -- pcapng -----------------------------------------------------------------
     def _read_pcapng(self, f: BinaryIO, magic: bytes) -> Iterator[FrameBatch]:
