@@ -332,8 +332,9 @@ class _Work:
         if not good.all():
             self.drop(s[~good], MALFORMED)
             s, c, m, ihl, tot = s[good], c[good], m[good], ihl[good], tot[good]
-        self.src_hi[s] = 0
-        self.dst_hi[s] = 0
+        if self.fb is not None:         # an inner header: clear what the outer one set
+            self.src_hi[s] = 0
+            self.dst_hi[s] = 0
         a = np.ascontiguousarray(m[:, 12:20]).view(">u4").astype(np.uint64) | IPV4_MAPPED
         self.src_lo[s] = a[:, 0]
         self.dst_lo[s] = a[:, 1]
@@ -342,9 +343,10 @@ class _Work:
         proto = m[:, 9]
         self.proto[s] = proto
         self.ver[s] = 4
-        self.sport[s] = 0
-        self.dport[s] = 0
-        self.flags[s] = 0
+        if self.fb is not None:
+            self.sport[s] = 0
+            self.dport[s] = 0
+            self.flags[s] = 0
         fo = ((m[:, 6].astype(np.int64) & 0x1F) << 8) | m[:, 7]
         later = fo != 0
         first = ((m[:, 6] & 0x20) != 0) & ~later
@@ -373,9 +375,10 @@ class _Work:
         self.ipend[s] = np.where(plen > 0, c + 40 + plen, self.end[s])   # 0: jumbogram
         self.proto[s] = m[:, 6]
         self.ver[s] = 6
-        self.sport[s] = 0
-        self.dport[s] = 0
-        self.flags[s] = 0
+        if self.fb is not None:
+            self.sport[s] = 0
+            self.dport[s] = 0
+            self.flags[s] = 0
         self.cur[s] = c + 40
         self.aux[s] = m[:, 6]
         self.kind[s] = PROTO
