@@ -272,3 +272,10 @@ def test_geneve_and_more_ipv6_extension_headers():
     l4 = bytes(UDP(sport=5353, dport=53) / Raw(b"y" * 7))
     p6 = bytes(IPv6(src="2001:db8::1", dst="2001:db8::2", nh=135, plen=16 + len(l4))) + mob + l4
     check(decode1(p6, 101), U6 | {"ip_len": 40 + 16 + 15})
+
+
+def test_ppi_inside_ppi_and_short_ppi_are_not_packets():
+    nested = struct.pack("<BBHI", 0, 0, 8, 192) + struct.pack("<BBHI", 0, 0, 8, 101) + bytes(TCP4)
+    dec = Decoder()
+    pb = dec.decode(frames([nested, b"\0\0\x08", struct.pack("<BBHI", 0, 0, 8, 101) + bytes(TCP4)], 192))
+    assert len(pb) == 1 and pb.skipped == 2

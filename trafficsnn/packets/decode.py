@@ -106,7 +106,7 @@ class _Work:
         # frames captured whole (no snaplen cut): an IP length beyond their end is corruption
         self.whole = fb.caplen >= fb.wire_len
         self.ipend = self.end.copy()    # end of the innermost IP datagram as its header declares it
-        self.kind = np.zeros(n, dtype=np.int8)
+        self.kind = np.full(n, MALFORMED, dtype=np.int8)   # link() gives every decodable frame its kind
         self.aux = np.zeros(n, dtype=np.int64)
         self.src_hi = np.zeros(n, dtype=np.uint64)
         self.src_lo = np.zeros(n, dtype=np.uint64)
@@ -185,8 +185,8 @@ class _Work:
             dlt = (self.d[c + 4].astype(np.int64) | (self.d[c + 5].astype(np.int64) << 8)
                    | (self.d[c + 6].astype(np.int64) << 16) | (self.d[c + 7].astype(np.int64) << 24))
             self.cur[s] = c + hlen
-            lt[s] = np.where(dlt == 192, -1, dlt)
-            lt[sel[~ok]] = -2
+            lt[s] = np.where(dlt == 192, -1, dlt)     # PPI inside PPI: malformed
+            lt[sel[~ok]] = -2                         # truncated: already dropped
             groups = [(int(v), np.nonzero(lt == v)[0]) for v in np.unique(lt) if v >= 0]
         for v, sel in groups:
             if v == 1:
@@ -630,7 +630,7 @@ class Decoder:
                     getattr(w, c)[back] = a[back]
                 kind[back] = DONE
                 st["tunnel_fallback"] += int(back.sum())
-        ok = kind == DONE
+        ok = (kind == DONE) & (w.ver != 0)      # only frames where an IP header was decoded
         for code, name in DROP_NAMES.items():
             c = int(np.count_nonzero(kind == code))
             if c:
