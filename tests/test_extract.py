@@ -127,3 +127,13 @@ def test_every_shared_capture_extracts_without_crash(shared_data, tmp_path):
         if folder == "robustness":
             assert any("fuzz-2021-10-13.pcap" in w for w in warnings)
         assert len(read_flows(tmp_path / f"{folder}.npz")) == s["flows"]
+
+
+def test_progress_bar_by_bytes(tmp_path, capsys):
+    from trafficsnn.commands.extract import extract_files
+
+    p = tmp_path / "a.pcap"
+    write_pcap(p, _two_flows())
+    s = extract_files([str(p)], str(tmp_path / "o.jsonl"), fmt="jsonl", progress=True)
+    err = capsys.readouterr().err
+    assert s["flows"] == 2 and "extract" in err and "100%" in err
