@@ -279,3 +279,10 @@ def test_ppi_inside_ppi_and_short_ppi_are_not_packets():
     dec = Decoder()
     pb = dec.decode(frames([nested, b"\0\0\x08", struct.pack("<BBHI", 0, 0, 8, 101) + bytes(TCP4)], 192))
     assert len(pb) == 1 and pb.skipped == 2
+
+
+def test_tso_packet_with_zero_total_length_is_sized_from_the_frame():
+    raw = bytearray(bytes(ETH / TCP4))
+    raw[16:18] = b"\0\0"
+    got = decode1(bytes(raw))
+    assert got["ip_len"] == len(raw) - 14 and got["sport"] == 1234

@@ -105,6 +105,7 @@ class _Work:
         self.end = self.cur + fb.caplen.astype(np.int64)
         # frames captured whole (no snaplen cut): an IP length beyond their end is corruption
         self.whole = fb.caplen >= fb.wire_len
+        self.fb_src = fb
         self.ipend = self.end.copy()    # end of the innermost IP datagram as its header declares it
         self.kind = np.full(n, MALFORMED, dtype=np.int8)   # link() gives every decodable frame its kind
         self.aux = np.zeros(n, dtype=np.int64)
@@ -340,6 +341,11 @@ class _Work:
         self.dst_lo[s] = a[:, 1]
         self.ip_len[s] = tot
         self.ipend[s] = np.where(tot > 0, c + tot, self.end[s])   # 0: TSO/GSO, length unknown
+        tso = tot == 0
+        if tso.any():                   # a segmentation-offload super-packet: size it from the frame
+            t = s[tso]
+            self.ip_len[t] = np.maximum(
+                self.fb_src.wire_len[t].astype(np.int64) - (c[tso] - self.fb_src.offset[t].astype(np.int64)), 0)
         proto = m[:, 9]
         self.proto[s] = proto
         self.ver[s] = 4
