@@ -286,3 +286,11 @@ def test_tso_packet_with_zero_total_length_is_sized_from_the_frame():
     raw[16:18] = b"\0\0"
     got = decode1(bytes(raw))
     assert got["ip_len"] == len(raw) - 14 and got["sport"] == 1234
+
+
+def test_udp_packet_on_two_tunnel_ports_is_decapsulated_once():
+    from scapy.contrib.gtp import GTP_U_Header
+    pkt = ETH / OUTER / UDP(sport=2152, dport=4789) / VXLAN(vni=1) / ETH / INNER
+    check(decode1(pkt), INNER_W)
+    pkt = ETH / OUTER / UDP(sport=4789, dport=2152) / GTP_U_Header(teid=1) / INNER
+    check(decode1(pkt), INNER_W)

@@ -394,7 +394,7 @@ class _Work:
         self.proto[sel] = nh
         self.kind[sel] = DONE           # default: a port-less L4 protocol or a cut header
         d = self.d
-        # TCP / UDP / UDP-Lite / SCTP / DCCP: ports
+        # TCP and UDP: ports (and flags, and UDP tunnels)
         ported = PORTED[nh]
         if ported.any():
             s = sel[ported]
@@ -420,39 +420,50 @@ class _Work:
                 sp, dp = self.sport[u], self.dport[u]
                 tun = UDP_TUNNEL_PORT[sp] | UDP_TUNNEL_PORT[dp]
                 u, sp, dp = u[tun], sp[tun], dp[tun]
-                # VXLAN: UDP 4789 with the I flag -> inner Ethernet
-                vx = (dp == 4789) & self.need(u, 16)
-                if vx.any():
-                    v = u[vx]
-                    v = v[(d[self.cur[v] + 8] & 0x08) != 0]
-                    self.save_fallback(v, "vxlan")
-                    self.cur[v] += 16
-                    self.kind[v] = ETH
-                gn = (dp == 6081) & self.need(u, 16)
-                if gn.any():            # Geneve: 8 bytes + options, protocol type as an ethertype
-                    g = u[gn]
-                    c = self.cur[g]
-                    g_ok = (d[c + 8] >> 6) == 0
-                    g, c = g[g_ok], c[g_ok]
-                    self.save_fallback(g, "geneve")
-                    self.aux[g] = _be16(d, c + 10)
-                    self.cur[g] = c + 16 + (d[c + 8] & 0x3F).astype(np.int64) * 4
-                    self.kind[g] = ETYPE
-                cw = ((dp == 5247) | (sp == 5247)) & self.need(u, 10)
-                if cw.any():
-                    g = u[cw]
-                    self.save_fallback(g, "capwap")
-                    self.cur[g] += 8
-                    self.kind[g] = CAPWAP
-                gt = ((dp == 2152) | (sp == 2152)) & self.need(u, 16)
-                if gt.any():
-                    g = u[gt]
-                    self.save_fallback(g, "gtp")
-                    self.cur[g] += 8
-                    self.kind[g] = GTP
+                if len(u):
+                    self._udp_tunnels(u, sp, dp)
         sp = SPECIAL_PROTO[nh]
         if sp.any():
             self._special_proto(sel[sp], nh[sp])
+
+    def _udp_tunnels(self, u: np.ndarray, sp: np.ndarray, dp: np.ndarray) -> None:
+        """VXLAN (4789), Geneve (6081), CAPWAP data (5247), GTP-U (2152): each packet is
+        claimed by the first that matches, in that order."""
+        d = self.d
+        free = np.ones(len(u), dtype=bool)
+        # VXLAN: 8-byte header with the I flag -> inner Ethernet
+        m = free & (dp == 4789) & self.need(u, 16)
+        m[m] = (d[self.cur[u[m]] + 8] & 0x08) != 0
+        if m.any():
+            v = u[m]
+            free &= ~m
+            self.save_fallback(v, "vxlan")
+            self.cur[v] += 16
+            self.kind[v] = ETH
+        # Geneve: 8 bytes + options, protocol type as an ethertype
+        m = free & (dp == 6081) & self.need(u, 16)
+        m[m] = (d[self.cur[u[m]] + 8] >> 6) == 0
+        if m.any():
+            g = u[m]
+            free &= ~m
+            c = self.cur[g]
+            self.save_fallback(g, "geneve")
+            self.aux[g] = _be16(d, c + 10)
+            self.cur[g] = c + 16 + (d[c + 8] & 0x3F).astype(np.int64) * 4
+            self.kind[g] = ETYPE
+        m = free & ((dp == 5247) | (sp == 5247)) & self.need(u, 10)
+        if m.any():
+            g = u[m]
+            free &= ~m
+            self.save_fallback(g, "capwap")
+            self.cur[g] += 8
+            self.kind[g] = CAPWAP
+        m = free & ((dp == 2152) | (sp == 2152)) & self.need(u, 16)
+        if m.any():
+            g = u[m]
+            self.save_fallback(g, "gtp")
+            self.cur[g] += 8
+            self.kind[g] = GTP
 
     def _special_proto(self, sel: np.ndarray, nh: np.ndarray) -> None:
         """IPv6 extension headers, AH, IPv6 fragments and IP/GRE tunnels."""
