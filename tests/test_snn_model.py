@@ -204,3 +204,33 @@ def test_kernel_backend_fallback(monkeypatch):
     assert kernels.pick_backend(torch.zeros(1)) == "torch"
     monkeypatch.delenv("TRAFFICSNN_KERNEL")
     assert kernels.pick_backend(torch.zeros(1, dtype=torch.int64)) == "torch"
+
+
+def test_no_compiler_falls_back_to_torch(monkeypatch, tmp_path):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setenv("TRAFFICSNN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(kernels, "_LIB", None)
+    monkeypatch.setattr(kernels, "_LIB_TRIED", False)
+    with pytest.warns(RuntimeWarning):
+        assert kernels.c_kernel() is None
+    assert kernels.pick_backend(torch.zeros(1)) == "torch"
+    m = build_model("improved", 3)
+    x = _random_batch(8, n=2, steps=20)
+    out = m(x)
+    out.sum().backward()
+    assert out.shape == (2, 3) and m.hidden.weight.grad is not None
+
+
+def test_prefix_logits_equal_streaming():
+    torch.manual_seed(9)
+    m = _excite(build_model("improved", 4))
+    x = _random_batch(9, n=4, steps=40)
+    k = torch.tensor([40, 7, 1, 7])
+    with torch.no_grad():
+        got = m.prefix_logits(x, k)
+        for i in range(4):
+            st = m.advance(m.init_state(1), x.select([i]).steps(0, int(k[i])))
+            assert torch.allclose(got[i], m.logits(st)[0], rtol=1e-5, atol=1e-6)
+        assert torch.allclose(got[0], m(x)[0], rtol=1e-5, atol=1e-6)
+    sel = x.select([2, 0])
+    assert torch.equal(sel.to_dense(), x.to_dense()[[2, 0]])

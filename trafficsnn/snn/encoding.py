@@ -335,6 +335,18 @@ class SparseBatch:
         b, t, n = x.nonzero(as_tuple=True)
         return SparseBatch(b, t, n, x[b, t, n], int(x.shape[0]), int(x.shape[1]), int(x.shape[2]))
 
+    def select(self, rows) -> "SparseBatch":
+        """Samples ``rows`` (index sequence or tensor), renumbered 0..len(rows)-1, in that order."""
+        import torch
+        rows = torch.as_tensor(rows, dtype=torch.long, device=self.sample.device)
+        new_id = torch.full((self.n_samples,), -1, dtype=torch.long, device=self.sample.device)
+        new_id[rows] = torch.arange(rows.numel(), device=self.sample.device)
+        ns = new_id[self.sample]
+        keep = ns >= 0
+        order = torch.argsort(ns[keep] * self.n_steps + self.step[keep], stable=True)
+        return SparseBatch(ns[keep][order], self.step[keep][order], self.neuron[keep][order],
+                           self.value[keep][order], int(rows.numel()), self.n_steps, self.n_inputs)
+
     def steps(self, start: int, stop: int) -> "SparseBatch":
         """Events of steps [start, stop), renumbered from 0 (for streaming in pieces)."""
         keep = (self.step >= start) & (self.step < stop)

@@ -58,8 +58,12 @@ def _build() -> ctypes.CDLL | None:
         return None
     key = hashlib.sha256((C_SOURCE + _cpu_tag() + platform.machine()).encode()).hexdigest()[:16]
     target = _cache_dir() / f"lif_kernel_{key}.so"
-    if not target.exists():
+    try:
         target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError:   # read-only home (e.g. a sandboxed service): build in the temp dir
+        target = Path(tempfile.gettempdir()) / f"trafficsnn-kernels-{os.getuid()}" / target.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.exists():
         with tempfile.TemporaryDirectory() as tmp:
             src = Path(tmp) / "lif_kernel.c"
             src.write_text(C_SOURCE)

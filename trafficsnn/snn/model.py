@@ -140,6 +140,25 @@ class SpikingClassifier(nn.Module):
         """Class scores (B, C) of whole inputs: dense (B, T, N) tensor or SparseBatch."""
         return self.run(x, reference).logits
 
+    def prefix_logits(self, x: SparseBatch, steps) -> torch.Tensor:
+        """Anytime scores of each sample after its first ``steps[i]`` steps (1..T).
+
+        Equals ``logits`` of a stream fed those steps, i.e. what the daemon reports
+        before a flow's window is complete; differentiable, so it can also train
+        early verdicts. Samples are grouped by step count (one kernel call per value).
+        """
+        k = torch.as_tensor(steps, dtype=torch.long).cpu()
+        if k.numel() != x.n_samples:
+            raise ValueError(f"need one step count per sample ({x.n_samples}), got {k.numel()}")
+        if k.numel() and (int(k.min()) < 1 or int(k.max()) > x.n_steps):
+            raise ValueError(f"step counts must be within 1..{x.n_steps}")
+        out = self.hidden.weight.new_zeros(x.n_samples, self.n_classes)
+        for kv in torch.unique(k).tolist():
+            rows = torch.nonzero(k == kv).flatten()
+            sub = x.select(rows.to(x.sample.device)).steps(0, kv)
+            out = out.index_copy(0, rows.to(out.device), self.run(sub).logits)
+        return out
+
     def _run_reference(self, x: Input) -> ModelOutput:
         """The paper's code path: dense einsum input, Python loop over steps, readout loop."""
         dense = x.to_dense(self.hidden.weight.dtype) if isinstance(x, SparseBatch) else x
