@@ -294,3 +294,15 @@ def test_udp_packet_on_two_tunnel_ports_is_decapsulated_once():
     check(decode1(pkt), INNER_W)
     pkt = ETH / OUTER / UDP(sport=4789, dport=2152) / GTP_U_Header(teid=1) / INNER
     check(decode1(pkt), INNER_W)
+
+
+def test_fragment_state_is_bounded():
+    def frags(ident, sport):
+        big = IP(src="10.0.0.1", dst="10.0.0.2", id=ident) / UDP(sport=sport, dport=53) / Raw(b"a" * 2000)
+        return [ETH / f for f in fragment(big, fragsize=1000)]
+    a, b, c = frags(1, 1001), frags(2, 1002), frags(3, 1003)
+    dec = Decoder(max_fragments=2)
+    dec.decode(frames([a[0], b[0], c[0]]))          # the first fragment of datagram 1 is evicted
+    pb = dec.decode(frames([a[1], b[1], c[1]]))
+    assert pb.sport.tolist() == [0, 1002, 1003]
+    assert dec.stats["fragments_unmatched"] == 1 and len(dec._frags) == 2
