@@ -224,3 +224,23 @@ def test_hash_collisions_fall_back_and_stay_correct(monkeypatch):
     assert t.stats["hash_collisions"] > 0
     assert [(f.end_reason, f.ts.tolist(), f.direction.tolist()) for f in out] == \
         [(g["reason"], g["ts"], g["dir"]) for g in ref]
+
+
+@pytest.mark.parametrize("window", [None, 0.7])
+def test_every_k_cuts_do_not_depend_on_batching(window):
+    rng = np.random.default_rng(4)
+    whole = PacketBatch.concat(_batches(rng))
+    res = []
+    for step in (len(whole), 7, 61):
+        t = FlowTable(idle_timeout=1.5, active_timeout=8.0, policy=EveryK(4, window_s=window))
+        ups = []
+        for a in range(0, len(whole), step):
+            ups += t.add(whole.take(np.arange(a, min(a + step, len(whole)))))
+        ups += t.flush()
+        if window is None:
+            res.append(sorted((u.flow_id, u.seq, len(u), u.final, u.reason) for u in ups))
+        else:
+            finals = sorted((u.flow_id, u.reason) for u in ups if u.final)
+            assert len(finals) == len({f for f, _ in finals})
+            res.append((finals, sorted((u.flow_id, u.seq, len(u)) for u in ups if len(u))))
+    assert res[0] == res[1] == res[2]

@@ -72,7 +72,11 @@ class EveryK:
     window is over by the table's clock, even when fewer than ``k``. So every flow's
     packet sequence is cut deterministically, whatever the batch boundaries.
     ``FlowUpdate.seq`` is the index in the flow of the update's first packet (the
-    number of packets already sent); the final update may carry no packets.
+    number of packets already sent). The final update carries the packets after the
+    last full piece (possibly none), so without ``window_s`` the cuts and the final
+    update do not depend on how packets were batched; with ``window_s`` a window's
+    last packets may come as a periodic update (the clock passed the window end
+    first) or in the final one.
     """
 
     def __init__(self, k: int, window_s: float | None = None):
@@ -127,8 +131,11 @@ class EveryK:
         else:
             pos_run = pos
             run_last = last
-        cut = ((pos_run + 1) % self.k == 0) | (run_last & ~last)
+        full = (pos_run + 1) % self.k == 0
+        cut = full | (run_last & ~last)
+        natural_end = np.zeros(F, bool)       # the flow's last piece is a full one: final goes alone
         if codes is not None:
+            natural_end[f[last & full]] = True
             cut |= last
         elif self.window_s is not None:
             w_now = np.floor((now - first_ts) / self.window_s)
@@ -162,12 +169,12 @@ class EveryK:
             is_last_piece = np.append(f[starts][1:] != f[starts][:-1], True)
         for j, (a, b) in enumerate(zip(starts.tolist(), ends.tolist())):
             i = pf[j]
-            fin = codes is not None and bool(is_last_piece[j])
+            fin = codes is not None and bool(is_last_piece[j]) and not natural_end[i]
             out.append(FlowUpdate(fids[i], keys[i], fts[i], pseq[j], ts[a:b], size[a:b], d[a:b],
                                   final=fin, reason=END_REASONS[codes[i] - 1] if fin else "",
                                   wire_bytes=wsum[j]))
         if codes is not None:
-            for i in np.flatnonzero(~has_piece).tolist():
+            for i in np.flatnonzero(~has_piece | natural_end).tolist():
                 out.append(FlowUpdate(fids[i], keys[i], fts[i], int(seq0[i] + send_n[i]),
                                       ts[:0], size[:0], d[:0], final=True,
                                       reason=END_REASONS[codes[i] - 1]))
