@@ -234,3 +234,25 @@ def test_prefix_logits_equal_streaming():
         assert torch.allclose(got[0], m(x)[0], rtol=1e-5, atol=1e-6)
     sel = x.select([2, 0])
     assert torch.equal(sel.to_dense(), x.to_dense()[[2, 0]])
+
+
+@pytest.mark.skipif("c" not in BACKENDS, reason="no C compiler")
+def test_c_kernel_threads_agree():
+    torch.manual_seed(10)
+    m = _excite(build_model("paper"))
+    x = _random_batch(10, n=6)
+    y = torch.randint(0, 14, (6,))
+    res = []
+    old = torch.get_num_threads()
+    try:
+        for nt in (1, 3):
+            torch.set_num_threads(nt)
+            m.zero_grad()
+            out = m.run(x)
+            F.cross_entropy(out.logits, y).backward()
+            res.append((out.logits.detach(), out.hidden_counts, [p.grad.clone() for p in m.parameters()]))
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(res[0][0], res[1][0]) and torch.equal(res[0][1], res[1][1])
+    for a, b in zip(res[0][2], res[1][2]):
+        assert rel(b, a) < 1e-5

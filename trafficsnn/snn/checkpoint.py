@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from ..errors import ModelError
+from .device import resolve_device
 from .encoding import ImprovedEncoder, PaperEncoder, encoder_for
 from .model import SpikingClassifier
 from .presets import PRESETS, build_model, encoding_spec
@@ -189,5 +190,5 @@ def load_checkpoint(path: str | os.PathLike | None = None, device: str | torch.d
             raise _fail(wpath, f"tensor {k} holds NaN or infinite values")
     model = model.to(dtype)
     model.load_state_dict(tensors)
-    model = model.to(device).eval()
+    model = model.to(resolve_device(device)).eval()
     return LoadedModel(model, spec, [str(c) for c in classes], got_sha, encoder, d)
