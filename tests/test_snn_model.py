@@ -256,3 +256,15 @@ def test_c_kernel_threads_agree():
     assert torch.equal(res[0][0], res[1][0]) and torch.equal(res[0][1], res[1][1])
     for a, b in zip(res[0][2], res[1][2]):
         assert rel(b, a) < 1e-5
+
+
+@pytest.mark.parametrize("field", ["neuron", "step", "sample"])
+def test_out_of_range_events_are_rejected(field):
+    m = build_model("improved", 3)
+    x = _random_batch(11, n=2, steps=10)
+    bad = getattr(x, field).clone()
+    bad[0] = {"neuron": 300, "step": 10, "sample": 2}[field]
+    kw = {f: getattr(x, f) for f in ("sample", "step", "neuron", "value")}
+    kw[field] = bad
+    with pytest.raises(ValueError):
+        m(SparseBatch(**kw, n_samples=2, n_steps=10, n_inputs=300))

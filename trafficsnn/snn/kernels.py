@@ -188,7 +188,16 @@ class Events(NamedTuple):
 
 
 def make_events(sample: torch.Tensor, step: torch.Tensor, neuron: torch.Tensor, value: torch.Tensor,
-                n_samples: int, n_steps: int, dtype: torch.dtype) -> Events:
+                n_samples: int, n_steps: int, dtype: torch.dtype, n_inputs: int | None = None) -> Events:
+    """Sort events by (sample, step) and index them; indices are range-checked (the C kernel trusts them)."""
+    if sample.numel():
+        lo = torch.stack([sample.min(), step.min(), neuron.min()])
+        hi = torch.stack([sample.max(), step.max(), neuron.max()])
+        lim = [n_samples, n_steps, n_inputs if n_inputs is not None else int(neuron.max()) + 1]
+        if bool((lo < 0).any()) or any(int(h) >= m for h, m in zip(hi.tolist(), lim)):
+            raise ValueError(f"events outside the batch grid: sample/step/neuron ranges "
+                             f"{lo.tolist()}..{hi.tolist()} for {n_samples} samples, {n_steps} steps, "
+                             f"{lim[2]} inputs")
     key = sample * n_steps + step
     if key.numel() > 1 and not bool((key[1:] >= key[:-1]).all()):
         order = torch.argsort(key, stable=True)

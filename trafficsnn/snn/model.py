@@ -130,7 +130,7 @@ class SpikingClassifier(nn.Module):
             if x.n_inputs != self.n_inputs:
                 raise ValueError(f"batch has {x.n_inputs} input neurons, model expects {self.n_inputs}")
             ev = make_events(x.sample, x.step, x.neuron, x.value, x.n_samples, x.n_steps,
-                             self.hidden.weight.dtype)
+                             self.hidden.weight.dtype, self.n_inputs)
             return lif_scan_events(ev, self.hidden.weight, p.norm, p.b, p.beta, v0, s0, wts,
                                    p.slope, self.kernel)
         cur = self.input_currents(x)
