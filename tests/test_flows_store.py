@@ -76,3 +76,32 @@ def test_columnar_blocks_equal_whole_flows(tmp_path):
     for k in a:
         assert np.array_equal(a[k], c[k]) and a[k].dtype == c[k].dtype, k
     assert [f.key for f in blocks[0].flows()] == [f.key for f in flows[: len(blocks[0])]]
+
+
+def test_spilled_file_equals_in_memory_file(tmp_path):
+    from trafficsnn.flows import Columnar
+    from trafficsnn.flows.store import FlowFileWriter
+
+    rng = np.random.default_rng(12)
+    t = FlowTable(idle_timeout=0.5, policy=Columnar())
+    w = FlowFileWriter(tmp_path / "s.npz", spill_bytes=2000)       # spills almost every add
+    everything = []
+    t0 = 0.0
+    for _ in range(6):
+        b = random_batch(rng, 400, n_keys=30, t0=t0)
+        t0 = float(b.ts[-1]) + 2
+        out = t.add(b)
+        everything += out
+        w.add(out)
+    out = t.flush()
+    everything += out
+    w.add(out)
+    assert w._dir is not None
+    w.close({"x": 1})
+    write_flows(tmp_path / "m.npz", everything, {"x": 1})
+    a, ma = read_columns(tmp_path / "s.npz")
+    c, mc = read_columns(tmp_path / "m.npz")
+    assert ma == mc and a.keys() == c.keys()
+    for k in a:
+        assert np.array_equal(a[k], c[k]) and a[k].dtype == c[k].dtype, k
+    assert [p.name for p in tmp_path.iterdir()] and not any(p.name.startswith(".") for p in tmp_path.iterdir())

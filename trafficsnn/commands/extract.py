@@ -26,7 +26,7 @@ def extract_files(paths: list[str], out: str, *, fmt: str = "npz", idle_timeout:
     instead. Returns a summary dict (files, packets, flows, skipped frames, errors, seconds).
     """
     from ..flows import Columnar, FlowTable, WholeFlows
-    from ..flows.store import FlowColumns, write_flows, write_jsonl
+    from ..flows.store import FlowFileWriter, write_jsonl
     from ..packets import read_packets
 
     warn = warn or (lambda msg: click.echo(f"warning: {msg}", err=True))
@@ -41,7 +41,7 @@ def extract_files(paths: list[str], out: str, *, fmt: str = "npz", idle_timeout:
 
         bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="extract",
                    file=sys.stderr, dynamic_ncols=True)
-    cols = FlowColumns() if fmt == "npz" else None
+    cols = FlowFileWriter(out) if fmt == "npz" else None
     jfh = None
     if fmt == "jsonl":
         jfh = sys.stdout if out == "-" else open(out, "w", encoding="utf-8")
@@ -78,18 +78,21 @@ def extract_files(paths: list[str], out: str, *, fmt: str = "npz", idle_timeout:
                 warn(f"{path}: {w}")
             if bar is not None:
                 bar.update(done_before + os.path.getsize(path) - bar.n)
+    except BaseException:
+        if cols is not None:
+            cols.abort()
+        raise
     finally:
         if bar is not None:
             bar.close()
         if jfh is not None and jfh is not sys.stdout:
             jfh.close()
     if cols is not None:
-        meta = {"inputs": [os.path.abspath(p) for p in paths], "options": opts,
-                "summary": summary}
         from .. import __version__
 
-        meta["tool"] = f"trafficsnn {__version__}"
-        write_flows(out, cols, meta)
+        meta = {"inputs": [os.path.abspath(p) for p in paths], "options": opts,
+                "summary": summary, "tool": f"trafficsnn {__version__}"}
+        cols.close(meta)
     summary["seconds"] = time.perf_counter() - t0
     return summary
 

@@ -106,22 +106,117 @@ class FlowColumns:
 _REASON_IDX = {r: i for i, r in enumerate(END_REASONS)}
 
 
-def write_flows(path: str | os.PathLike, flows: Iterable[Flow] | FlowColumns, meta: dict | None = None,
-                *, compress: bool = False) -> int:
-    """Write flows to ``path`` (.npz). Returns the number of flows written."""
-    cols = flows if isinstance(flows, FlowColumns) else FlowColumns()
-    if not isinstance(flows, FlowColumns):
-        cols.add(flows)
-    arrays = cols.arrays()
-    m = {"format": FORMAT, "version": VERSION, "n_flows": len(cols),
-         "n_packets": int(arrays["offsets"][-1])}
-    m.update(meta or {})
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        (np.savez_compressed if compress else np.savez)(fh, meta=np.array(json.dumps(m)), **arrays)
-    os.replace(tmp, path)
-    return len(cols)
+class FlowFileWriter:
+    """Streams flows into an extract .npz in bounded memory.
+
+    Flows (``Flow`` objects or ``FlowBlock``s) are buffered; past ``spill_bytes`` the
+    buffer's columns are appended to raw files in a temporary folder next to the output,
+    and ``close()`` assembles the .npz (stored, not compressed) by streaming them into
+    its members. Memory stays bounded however large the capture; the output is written
+    atomically (a ``.tmp`` file renamed at the end).
+    """
+
+    def __init__(self, path: str | os.PathLike, *, spill_bytes: int = 64 << 20):
+        self.path = Path(path)
+        self.spill_bytes = int(spill_bytes)
+        self._buf = FlowColumns()
+        self._buf_bytes = 0
+        self._dir: Path | None = None
+        self._lens = {k: 0 for k in (*FLOW_COLS, *PACKET_COLS, "_count")}
+        self.n_flows = 0
+        self.n_packets = 0
+
+    def add(self, items: Iterable) -> None:
+        items = list(items)
+        self._buf.add(items)
+        for x in items:
+            if isinstance(x, FlowBlock):
+                self.n_flows += len(x)
+                m = int(x.columns["offsets"][-1])
+            else:
+                self.n_flows += 1
+                m = len(x.ts)
+            self.n_packets += m
+            self._buf_bytes += 18 * m + 100
+        if self._buf_bytes >= self.spill_bytes:
+            self._spill()
+
+    def _spill(self) -> None:
+        arrays = self._buf.arrays()
+        self._buf = FlowColumns()
+        self._buf_bytes = 0
+        if self._dir is None:
+            import tempfile
+
+            self._dir = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent or "."))
+        arrays["_count"] = np.diff(arrays.pop("offsets"))
+        for k, a in arrays.items():
+            with open(self._dir / k, "ab") as fh:
+                fh.write(np.ascontiguousarray(a).data)
+            self._lens[k] += len(a)
+
+    def close(self, meta: dict | None = None) -> int:
+        """Write the file; returns the number of flows."""
+        import shutil
+        import zipfile
+
+        m = {"format": FORMAT, "version": VERSION, "n_flows": self.n_flows, "n_packets": self.n_packets}
+        m.update(meta or {})
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            if self._dir is None:                    # everything fit in memory
+                arrays = self._buf.arrays()
+                with open(tmp, "wb") as fh:
+                    np.savez(fh, meta=np.array(json.dumps(m)), **arrays)
+            else:
+                self._spill()
+                dtypes = {**FLOW_COLS, **PACKET_COLS}
+                with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+                    with zf.open("meta.npy", "w", force_zip64=True) as fh:
+                        np.lib.format.write_array(fh, np.array(json.dumps(m)), allow_pickle=False)
+                    for k, d in dtypes.items():
+                        with zf.open(f"{k}.npy", "w", force_zip64=True) as fh:
+                            np.lib.format.write_array_header_2_0(
+                                fh, {"descr": np.lib.format.dtype_to_descr(np.dtype(d)),
+                                     "fortran_order": False, "shape": (self._lens[k],)})
+                            with open(self._dir / k, "rb") as src:
+                                shutil.copyfileobj(src, fh, 8 << 20)
+                    with zf.open("offsets.npy", "w", force_zip64=True) as fh:
+                        np.lib.format.write_array_header_2_0(
+                            fh, {"descr": "<i8", "fortran_order": False, "shape": (self._lens["_count"] + 1,)})
+                        fh.write(np.zeros(1, np.int64).data)
+                        total = 0
+                        with open(self._dir / "_count", "rb") as src:
+                            while chunk := src.read(8 << 20):
+                                c = np.cumsum(np.frombuffer(chunk, np.int64)) + total
+                                total = int(c[-1]) if len(c) else total
+                                fh.write(c.data)
+            os.replace(tmp, self.path)
+        finally:
+            self.abort(keep_output=True)
+            if tmp.exists():
+                tmp.unlink()
+        return self.n_flows
+
+    def abort(self, keep_output: bool = False) -> None:
+        """Remove the temporary files (called by ``close``; call it on errors)."""
+        import shutil
+
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+
+def write_flows(path: str | os.PathLike, flows: Iterable, meta: dict | None = None,
+                *, spill_bytes: int = 64 << 20) -> int:
+    """Write flows (``Flow`` objects and/or ``FlowBlock``s) to ``path`` (.npz); returns the count."""
+    w = FlowFileWriter(path, spill_bytes=spill_bytes)
+    try:
+        w.add(flows)
+    except BaseException:
+        w.abort()
+        raise
+    return w.close(meta)
 
 
 def read_columns(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
