@@ -268,3 +268,54 @@ def test_out_of_range_events_are_rejected(field):
     kw[field] = bad
     with pytest.raises(ValueError):
         m(SparseBatch(**kw, n_samples=2, n_steps=10, n_inputs=300))
+
+
+@pytest.mark.skipif("c" not in BACKENDS, reason="no C compiler")
+@pytest.mark.parametrize("beta,negative_b", [(1.0, False), (0.0, False), (0.7, True)])
+def test_c_kernel_edge_parameters_match_torch(beta, negative_b):
+    """beta at its bounds and b < 0 (before clamping) disable or stress the silent-step skip."""
+    torch.manual_seed(12)
+    m = _excite(build_model("paper")).double()
+    with torch.no_grad():
+        m.hidden.beta.fill_(beta)
+        if negative_b:
+            m.hidden.b[:10] = -0.1
+    x = _random_batch(12, n=3).to(dtype=torch.float64)
+    y = torch.tensor([1, 2, 3])
+    res = {}
+    for backend in ("torch", "c"):
+        m.kernel = backend
+        m.zero_grad()
+        out = m.run(x)
+        F.cross_entropy(out.logits, y).backward()
+        res[backend] = (out.logits.detach(), out.hidden_counts, [p.grad.clone() for p in m.parameters()])
+    assert torch.equal(res["c"][1], res["torch"][1])
+    assert rel(res["c"][0], res["torch"][0]) < 1e-12
+    for a, b in zip(res["c"][2], res["torch"][2]):
+        assert rel(a, b) < 1e-9
+
+
+def test_improved_preset_learns_a_toy_task():
+    """Small packets vs large packets: a few Adam steps of the preset's recipe separate them."""
+    torch.manual_seed(13)
+    rng = np.random.default_rng(13)
+    enc = ImprovedEncoder(n_steps=50)
+    samples, labels = [], []
+    for i in range(64):
+        k = int(rng.integers(20, 60))
+        size = rng.integers(40, 90, k) if i % 2 == 0 else rng.integers(1000, 1500, k)
+        samples.append(enc.sample(np.sort(rng.uniform(0, 10, k)), size, rng.integers(0, 2, k)))
+        labels.append(i % 2)
+    x, y = collate(samples, 50, 300), torch.tensor(labels)
+    m = build_model("improved", 2, n_steps=50)
+    tr = PRESETS["improved"]["training"]
+    opt = torch.optim.Adam(m.parameters(), lr=tr["lr"] * 5, weight_decay=tr["weight_decay"])
+    for _ in range(60):
+        opt.zero_grad()
+        F.cross_entropy(m(x), y).backward()
+        torch.nn.utils.clip_grad_value_(m.parameters(), tr["grad_clip_value"])
+        opt.step()
+        m.clamp_parameters()
+    with torch.no_grad():
+        acc = (m(x).argmax(1) == y).float().mean().item()
+    assert acc >= 0.9
