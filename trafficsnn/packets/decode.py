@@ -64,10 +64,8 @@ UDP_TUNNEL_PORT = _table(65536, 0, {4789: 1, 2152: 1, 5247: 1, 6081: 1}, np.bool
 SPECIAL_PROTO = _table(256, 0, {0: 1, 43: 1, 60: 1, 135: 1, 139: 1, 140: 1, 51: 1, 44: 1, 4: 1, 41: 1, 47: 1},
                        np.bool_)
 
-VLAN_TYPES = (0x8100, 0x88A8, 0x9100, 0x9200)
 AF_INET_VALUES = (2, 10, 23, 24, 28, 30)   # AF_INET and the AF_INET6 of Linux, Windows, *BSD, macOS
 IPV4_MAPPED = np.uint64(0xFFFF_0000_0000)
-_AR = np.arange(64, dtype=np.int64)
 
 
 def _windows(d: np.ndarray, width: int) -> np.ndarray:

@@ -37,8 +37,6 @@ PCAP_MAGICS = {  # first 4 bytes -> (byte order, ticks per second, record header
 PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
 GZIP_MAGIC = b"\x1f\x8b"
 
-_AR = np.arange(32, dtype=np.int64)
-
 
 def _gather_u32(d: np.ndarray, offs: np.ndarray, nwords: int, order: str) -> np.ndarray:
     """``nwords`` consecutive 32-bit words at each offset -> (n, nwords) native uint32."""
