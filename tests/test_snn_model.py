@@ -319,3 +319,19 @@ def test_improved_preset_learns_a_toy_task():
     with torch.no_grad():
         acc = (m(x).argmax(1) == y).float().mean().item()
     assert acc >= 0.9
+
+
+def test_golden_vectors_float32_fast_path(shared_data):
+    """In float32 the fused path stays within 1e-4 of the authors' float64 numbers."""
+    g = np.load(shared_data / "paper_golden" / "golden.npz")
+    m = _golden_model(g).float()
+    enc = PaperEncoder()
+    x = collate([enc.sample(*[g[f"{k}_{i}"] for k in ("t1", "s1", "t2", "s2")]) for i in range(len(g["kinds"]))],
+                300, 300)
+    out = m.run(x)
+    F.cross_entropy(out.logits, torch.from_numpy(g["labels"])).backward()
+    assert rel(out.logits.double(), torch.from_numpy(g["outputs"])) < 1e-4
+    assert torch.equal(out.hidden_counts.double(), torch.from_numpy(g["hidden_spike_counts"]))
+    for layer, name in ((m.hidden, "hidden"), (m.readout, "readout")):
+        for pname, key in (("weight", "w"), ("b", "b"), ("beta", "beta")):
+            assert rel(getattr(layer, pname).grad.double(), torch.from_numpy(g[f"grad_{name}_{key}"])) < 1e-4
