@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import struct
 import subprocess
@@ -236,17 +237,38 @@ def time_nfstream(pcap: Path) -> dict:
 
 def extract_peak_rss(pcap: Path, out: Path) -> float:
     """Peak RSS (MiB) of a `trafficsnn extract` subprocess on ``pcap``."""
-    code = ("import resource,sys\nfrom trafficsnn.cli import main\n"
+    code = ("import sys\nfrom trafficsnn.cli import main\n"
             "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
+            "print(_vmhwm_kib())\n")
+    code = _VMHWM_SRC + code
     r = subprocess.run([sys.executable, "-c", code, "extract", str(pcap), "-o", str(out), "-q"],
                        capture_output=True, text=True)
     return int(r.stdout.split()[-1]) / 1024 if r.returncode == 0 else float("nan")
 
 
+_VMHWM_SRC = (
+    "def _vmhwm_kib():\n"
+    "    for line in open('/proc/self/status'):\n"
+    "        if line.startswith('VmHWM:'):\n"
+    "            return int(line.split()[1])\n"
+    "    return 0\n")
+
+
+def _vmhwm_kib() -> int:
+    """Peak RSS of this process image (VmHWM; unlike ru_maxrss it is not inherited across exec)."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def memory_at(n_flows: int = 1_000_000, packets_per_flow: int = 2, batch: int = 65536) -> dict:
     """Bytes per live flow with ``n_flows`` concurrent flows (no timeouts fire)."""
-    import resource
     import tracemalloc
 
     from trafficsnn.flows import FlowTable
@@ -254,7 +276,7 @@ def memory_at(n_flows: int = 1_000_000, packets_per_flow: int = 2, batch: int = 
 
     rng = np.random.default_rng(0)
     table = FlowTable(idle_timeout=3600, active_timeout=None, max_flows=None)
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss0 = _vmhwm_kib()
     tracemalloc.start()
     t = time.perf_counter()
     n_total = n_flows * packets_per_flow
@@ -274,7 +296,7 @@ def memory_at(n_flows: int = 1_000_000, packets_per_flow: int = 2, batch: int = 
     live = len(table)
     return {"live_flows": live, "packets": n_total, "traced_bytes": cur, "traced_peak": peak,
             "bytes_per_flow": cur / max(live, 1), "table_estimate_per_flow": table.memory_bytes() / max(live, 1),
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_rss_mib": _vmhwm_kib() / 1024,
             "rss_before_mib": rss0 / 1024, "seconds": el}
 
 
@@ -287,7 +309,11 @@ def main() -> None:
     ap.add_argument("--memory", action="store_true", help="also measure memory at --live-flows concurrent flows")
     ap.add_argument("--live-flows", type=int, default=1_000_000)
     ap.add_argument("--keep", metavar="DIR", help="write the capture here and keep it")
+    ap.add_argument("--_memory-child", type=int, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a._memory_child:                     # a clean process: its peak RSS is the table's alone
+        print(json.dumps(memory_at(a._memory_child)))
+        return
 
     with tempfile.TemporaryDirectory(prefix="bench_extract_") as tmp:
         d = Path(a.keep or tmp)
@@ -328,12 +354,15 @@ def main() -> None:
               f"{st['table']:.2f} s; writing the .npz is the rest)")
         print(f"peak RSS of `trafficsnn extract` on this capture: {rss:,.0f} MiB")
         if a.memory:
-            m = memory_at(a.live_flows)
+            r = subprocess.run([sys.executable, __file__, "--_memory-child", str(a.live_flows)],
+                               capture_output=True, text=True, check=True)
+            m = json.loads(r.stdout.strip().splitlines()[-1])
             print(f"\nmemory with {m['live_flows']:,} concurrent flows ({m['packets']:,} packets stored): "
                   f"{m['bytes_per_flow']:,.0f} B/flow traced by tracemalloc "
                   f"({m['traced_bytes'] / 2**20:,.0f} MiB, peak {m['traced_peak'] / 2**20:,.0f} MiB); "
                   f"table estimate {m['table_estimate_per_flow']:,.0f} B/flow; process peak RSS "
-                  f"{m['peak_rss_mib']:,.0f} MiB; {m['packets'] / m['seconds']:,.0f} pkt/s into the table")
+                  f"{m['peak_rss_mib']:,.0f} MiB ({m['rss_before_mib']:,.0f} MiB before the table); "
+                  f"{m['packets'] / m['seconds']:,.0f} pkt/s into the table (under tracemalloc)")
 
 
 if __name__ == "__main__":
