@@ -43,7 +43,8 @@ PRESETS: dict[str, dict[str, Any]] = {
             "batch_size": 128, "epochs": 30,
             "sampler": "balanced",           # WeightedRandomSampler 1/count(class), replacement, len = train size
             "scheduler": {"kind": "plateau", "monitor": "train_loss", "mode": "min", "factor": 0.1,
-                          "patience": 3, "threshold": 1e-4, "threshold_mode": "rel", "start_epoch": 5},
+                          "patience": 3, "threshold": 1e-4, "threshold_mode": "rel",
+                          "start_epoch": 5},   # stepped when the 0-based epoch index >= 5
             "early_stopping": None,
             "selection": "last_epoch",
             "split": "paper",                # random window-level 65/15/20 (leaks; comparison only)
