@@ -244,3 +244,26 @@ def test_every_k_cuts_do_not_depend_on_batching(window):
             assert len(finals) == len({f for f, _ in finals})
             res.append((finals, sorted((u.flow_id, u.seq, len(u)) for u in ups if len(u))))
     assert res[0] == res[1] == res[2]
+
+
+def test_active_timeout_cuts_at_the_crossing_packet_and_by_clock():
+    rows = [(float(t), 1, 1, 2, 2, 17, 50, 0) for t in (0, 4, 8, 12, 16)]
+    t = FlowTable(idle_timeout=None, active_timeout=10.0)
+    out = t.add(make_batch(rows))
+    assert [(f.end_reason, f.ts.tolist()) for f in out] == [("active", [0.0, 4.0, 8.0])]
+    assert [(f.end_reason, f.ts.tolist()) for f in t.advance(22.5)] == [("active", [12.0, 16.0])]
+
+
+def test_eviction_with_every_k_sends_a_final_update():
+    t = FlowTable(max_flows=1, policy=EveryK(3))
+    ups = t.add(make_batch([(0, 1, 1, 2, 2, 17, 50, 0), (1, 3, 1, 2, 2, 17, 50, 0)]))
+    assert [(u.key.client_lo, u.final, u.reason, len(u)) for u in ups] == [(1, True, "evicted", 1)]
+    assert t.stats["evicted"] == 1 and t.stats["ended"]["evicted"] == 1
+
+
+def test_empty_batch_and_stats():
+    t = FlowTable()
+    assert t.add(PacketBatch.empty()) == [] and t.flush() == []
+    t.add(make_batch([(0, 1, 1, 2, 2, 17, 50, 0)]))
+    t.flush()
+    assert t.stats["packets"] == 1 and t.stats["flows_created"] == 1 and t.stats["ended"]["eof"] == 1
