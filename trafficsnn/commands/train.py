@@ -49,6 +49,14 @@ state/ (resumable), test_report/ (report.json, report.md, confusion.png), summar
               help="Use only the first N packets of each flow (early classification).")
 @click.option("--min-packets", type=click.IntRange(1), default=10, show_default=True,
               help="Folder/ISCX sources: skip flows with fewer packets (class-agnostic).")
+@click.option("--bin-s", type=click.FloatRange(min=1e-4), default=None,
+              help="Improved preset: seconds per time step (default 0.2).")
+@click.option("--steps", "n_steps", type=click.IntRange(1), default=None,
+              help="Improved preset: time steps per sample (default 300; window = steps x bin).")
+@click.option("--input-value", type=click.Choice(["count", "log1p"]), default=None,
+              help="Improved preset: packet counts per (step, size bin) as they are or log1p.")
+@click.option("--augment/--no-augment", default=None,
+              help="Train on random flow prefixes and thinned packet counts (default: off).")
 @click.option("--hidden", "n_hidden", type=click.IntRange(1), default=None, help="SNN hidden neurons (default: preset).")
 @click.option("--resume", is_flag=True, help="Continue from OUT/state after an interruption.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
@@ -56,7 +64,8 @@ state/ (resumable), test_report/ (report.json, report.md, confusion.png), summar
 @click.option("--no-cache", is_flag=True, help="Do not read or write the sample cache.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or summary.")
 def command(data, out, preset, model_kind, epochs, batch_size, lr, seed, device, split, fractions, session_groups,
-            manifest, labels_csv, rules, task, max_packets, min_packets, n_hidden, resume, cache_dir, no_cache, quiet):
+            manifest, labels_csv, rules, task, max_packets, min_packets, bin_s, n_steps, input_value, augment, n_hidden,
+            resume, cache_dir, no_cache, quiet):
     import json
     import warnings
 
@@ -67,7 +76,9 @@ def command(data, out, preset, model_kind, epochs, batch_size, lr, seed, device,
                         split=split, fractions=tuple(fractions), session_groups=expand_session_groups(session_groups),
                         seed=seed, epochs=epochs, batch_size=batch_size, lr=lr, device=device,
                         max_packets=max_packets, min_packets=min_packets, resume=resume, cache_dir=cache_dir,
-                        no_cache=no_cache, quiet=quiet, n_hidden=n_hidden, manifest=manifest)
+                        no_cache=no_cache, quiet=quiet, n_hidden=n_hidden, manifest=manifest, bin_s=bin_s,
+                        n_steps=n_steps, input_value=input_value,
+                        recipe={"augment": {"prefix": 0.5, "drop": 0.1}} if augment else {})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", LeakySplitWarning)
         summary = train_run(data, out, opts)

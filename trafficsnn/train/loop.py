@@ -91,6 +91,7 @@ class TrainConfig:
             v = getattr(self, k)
             if v is not None:
                 base[k] = v
+        base.update(self.extra)
         return base
 
 
@@ -109,6 +110,39 @@ def balanced_indices(y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     counts = np.bincount(y)
     w = 1.0 / counts[y]
     return rng.choice(len(y), size=len(y), replace=True, p=w / w.sum())
+
+
+def augment(ds, idx, rng: np.random.Generator, prefix: float = 0.5, drop: float = 0.1):
+    """Training-time copies of samples ``idx``: random flow prefixes and packet thinning.
+
+    With probability ``prefix`` a sample is cut at a random step (as if the flow had been
+    seen only that long: the anytime case); each count is thinned binomially with keep
+    probability 1 - ``drop`` (lost/unseen packets). At least one event always stays.
+    Only for count-valued inputs; returns a SampleSet of len(idx) samples.
+    """
+    sub = ds.subset(np.asarray(idx))
+    off = sub.ev_off
+    n = len(sub)
+    row = np.repeat(np.arange(n), np.diff(off))
+    step = sub.ev_step.astype(np.int64)
+    keep = np.ones(step.size, bool)
+    if prefix > 0 and step.size:
+        lo = np.full(n, np.iinfo(np.int64).max)
+        hi = np.full(n, -1)
+        np.minimum.at(lo, row, step)
+        np.maximum.at(hi, row, step)
+        cut = np.where(rng.random(n) < prefix, rng.integers(lo, hi + 1, endpoint=True) if n else lo, hi + 1)
+        keep &= step < np.maximum(cut, lo + 1)[row]
+    val = sub.ev_value.copy()
+    if drop > 0 and val.size and ds.encoding.get("value", "count") == "count":
+        val = rng.binomial(np.maximum(val, 0).astype(np.int64), 1.0 - drop).astype(np.float32)
+        first = np.r_[0, np.cumsum(np.diff(off))[:-1]] if n else np.zeros(0, np.int64)
+        val[first[np.diff(off) > 0]] = np.maximum(val[first[np.diff(off) > 0]], 1.0)
+        keep &= val > 0
+    lens = np.bincount(row[keep], minlength=n)
+    sub.ev_off = np.r_[0, np.cumsum(lens)].astype(np.int64)
+    sub.ev_step, sub.ev_neuron, sub.ev_value = sub.ev_step[keep], sub.ev_neuron[keep], val[keep]
+    return sub
 
 
 # ---------------------------------------------------------------- resumable state (no pickle)
@@ -243,12 +277,17 @@ def fit_torch(
     for epoch in range(start_epoch, r["epochs"]):
         model.train()
         order = balanced_indices(train_set.y, np.random.default_rng([cfg.seed, epoch]))
+        aug_rng = np.random.default_rng([cfg.seed, epoch, 1])
         tot_loss, preds, trues = 0.0, [], []
         for a in range(0, len(order), bs):
             idx = order[a:a + bs]
             y = torch.as_tensor(train_set.y[idx], device=device)
-            logits = model(make_input(train_set, idx, device))
-            loss = F.cross_entropy(logits, y)
+            if r.get("augment"):
+                x = make_input(augment(train_set, idx, aug_rng, **r["augment"]), np.arange(len(idx)), device)
+            else:
+                x = make_input(train_set, idx, device)
+            logits = model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=float(r.get("label_smoothing", 0.0)))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if r.get("clip"):

@@ -231,12 +231,25 @@ class TrainOptions:
     mlp_pool: int = 10
     n_hidden: int | None = None
     manifest: str | None = None     # reuse a saved split manifest instead of computing one
+    recipe: dict = field(default_factory=dict)   # recipe overrides (augment, label_smoothing, ...)
+    bin_s: float | None = None      # improved encoding overrides
+    n_steps: int | None = None
+    input_value: str | None = None
 
 
 def load_samples(data, opts: TrainOptions, encoding=None, classes=None) -> SampleSet:
     from ..snn.encoding import encoder_for
 
-    enc = encoder_for(encoding if encoding is not None else opts.preset)
+    if encoding is None:
+        from ..snn.presets import preset
+
+        encoding = preset(opts.preset)["encoding"]
+        for key, v in (("bin_s", opts.bin_s), ("n_steps", opts.n_steps), ("value", opts.input_value)):
+            if v is not None:
+                if encoding["kind"] != "improved":
+                    raise ConfigError(f"--{key.replace('_', '-')} applies to the improved preset only")
+                encoding[key] = v
+    enc = encoder_for(encoding)
     cache = SampleCache(opts.cache_dir, enabled=not opts.no_cache)
     return build_dataset(data, enc, labels_csv=opts.labels_csv, rules=opts.rules, task=opts.task,
                          source=opts.source, classes=classes, max_packets=opts.max_packets,
@@ -290,7 +303,8 @@ def fit_predictor(train: SampleSet, val: SampleSet, opts: TrainOptions, out: Pat
         m.save(out, spec)
         return Predictor("gbt", list(train.classes), train.encoding, temp, spec, m), {"history": []}
     cfg = TrainConfig(preset=opts.preset, model=opts.model, epochs=opts.epochs, batch_size=opts.batch_size,
-                      lr=opts.lr, seed=opts.seed, device=opts.device, quiet=opts.quiet, mlp_pool=opts.mlp_pool)
+                      lr=opts.lr, seed=opts.seed, device=opts.device, quiet=opts.quiet, mlp_pool=opts.mlp_pool,
+                      extra=dict(opts.recipe))
     if opts.model == "snn":
         from ..snn.presets import build_model
 
