@@ -191,31 +191,22 @@ def encode_updates(updates: Sequence[FlowUpdate], *, sensor: str = "", msg_seq: 
     (for end-to-end latency); defaults to ``sent_wall``.
     """
     n = len(updates)
-    keys = np.zeros(n, dtype=UPDATE_DTYPE)
-    lengths = np.fromiter((len(u.ts) for u in updates), dtype=np.int64, count=n)
+    lengths = np.fromiter(map(len, updates), dtype=np.int64, count=n)
     offsets = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     if n:
-        ks = [u.key for u in updates]
-        keys["flow_id"] = [u.flow_id for u in updates]
-        keys["seq"] = [u.seq for u in updates]
-        keys["start_ts"] = [u.start_ts for u in updates]
-        keys["wall"] = sent_wall if walls is None else walls
-        keys["wire_bytes"] = [u.wire_bytes for u in updates]
-        keys["client_hi"] = [k.client_hi for k in ks]
-        keys["client_lo"] = [k.client_lo for k in ks]
-        keys["server_hi"] = [k.server_hi for k in ks]
-        keys["server_lo"] = [k.server_lo for k in ks]
-        keys["client_port"] = [k.client_port for k in ks]
-        keys["server_port"] = [k.server_port for k in ks]
-        keys["vlan"] = [k.vlan for k in ks]
-        keys["proto"] = [k.proto for k in ks]
-        keys["final"] = [u.final for u in updates]
-        keys["reason"] = [_REASON_CODE.get(u.reason, 0) for u in updates]
+        rc = _REASON_CODE
+        if walls is None:
+            walls = [sent_wall] * n
+        # one tuple per update, converted by numpy in one call (field order of UPDATE_DTYPE)
+        keys = np.array([(u.flow_id, u.seq, u.start_ts, w, u.wire_bytes, k.client_hi, k.client_lo, k.server_hi,
+                          k.server_lo, k.client_port, k.server_port, k.vlan, k.proto, u.final, rc.get(u.reason, 0))
+                         for u, k, w in zip(updates, (u.key for u in updates), walls)], dtype=UPDATE_DTYPE)
         ts = np.concatenate([u.ts for u in updates]).astype("<f8", copy=False)
         size = np.concatenate([u.size for u in updates]).astype("<u4", copy=False)
         direction = np.concatenate([u.direction for u in updates]).astype("u1", copy=False)
     else:
+        keys = np.zeros(0, dtype=UPDATE_DTYPE)
         ts, size, direction = np.empty(0, "<f8"), np.empty(0, "<u4"), np.empty(0, "u1")
     n_packets = int(offsets[-1])
     head = _header(KIND_UPDATES, 1 + len(ARRAY_FRAMES), sensor, n, n_packets, msg_seq, sent_wall)

@@ -282,7 +282,7 @@ class CaptureAgent:
         self._msg_seq += 1
         frames = wire.encode_updates(ups, sensor=self.cfg.sensor, msg_seq=self._msg_seq,
                                      sent_wall=time.time(), walls=walls)
-        npk = sum(len(u) for u in ups)
+        npk = int(frames[3].shape[0])  # the ts frame
         if self._deliver(frames):
             self.counters["messages_sent"] += 1
             self.counters["updates_sent"] += len(ups)

@@ -29,11 +29,13 @@ def make_random_model(directory: str | Path, classes: list[str] | None = None, s
 
 def write_demo_pcap(path: str | Path, n_flows: int = 20, packets_per_flow: int = 30, duration: float = 20.0,
                     seed: int = 0, start: float = 1_700_000_000.0, spread: float | None = None,
-                    tcp_fraction: float = 0.5) -> int:
+                    tcp_fraction: float = 0.5, heavy: bool = False) -> int:
     """A pcap of ``n_flows`` IPv4 UDP/TCP flows (headers only, zero payload bytes not stored).
 
     Flows start uniformly over ``spread`` seconds (default ``duration``) and last up
-    to ``duration``; packets of all flows are interleaved in time order. Returns the
+    to ``duration``; packets of all flows are interleaved in time order. With
+    ``heavy``, flow sizes are heavy-tailed (Pareto, mean ``packets_per_flow``) and
+    durations log-uniform from 50 ms, closer to real traffic. Returns the
     number of packets written. Vectorised: a million packets take about a second.
     """
     import struct
@@ -41,13 +43,19 @@ def write_demo_pcap(path: str | Path, n_flows: int = 20, packets_per_flow: int =
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    n = n_flows * packets_per_flow
-    fid = np.repeat(np.arange(n_flows, dtype=np.int64), packets_per_flow)
+    if heavy:
+        raw = rng.pareto(1.2, n_flows) + 1.0
+        counts = np.clip(np.round(raw * packets_per_flow / raw.mean()), 1, 50 * packets_per_flow).astype(np.int64)
+        f_len = np.exp(rng.uniform(np.log(0.05), np.log(duration), n_flows))
+    else:
+        counts = np.full(n_flows, packets_per_flow, np.int64)
+        f_len = rng.uniform(0.1, duration, n_flows)
+    n = int(counts.sum())
+    fid = np.repeat(np.arange(n_flows, dtype=np.int64), counts)
     spread = duration if spread is None else spread
     f_start = start + rng.uniform(0, spread, n_flows)
-    f_len = rng.uniform(0.1, duration, n_flows)
     rel = rng.uniform(0, 1, n)
-    rel[::packets_per_flow] = 0.0  # each flow's first packet opens it
+    rel[np.concatenate([[0], np.cumsum(counts)[:-1]])] = 0.0  # each flow's first packet opens it
     ts = f_start[fid] + rel * f_len[fid]
     order = np.lexsort((rel, ts))
     fid, ts = fid[order], ts[order]

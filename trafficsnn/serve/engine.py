@@ -76,20 +76,45 @@ class ModelHandle:
 
 
 class StateStore:
-    """Per-flow model state rows, grown by doubling up to ``capacity`` rows."""
+    """Per-flow model state as rows of one packed tensor, grown by doubling up to ``capacity`` rows.
+
+    A row holds every tensor of the model's ``StreamState`` side by side, so gathering
+    or scattering a set of flows is one ``index_select`` / ``index_copy_``, whatever the
+    number of state tensors.
+    """
 
     def __init__(self, model: Any, capacity: int, initial: int = 1024):
         self.model, self.capacity = model, int(capacity)
+        proto = model.init_state(1)
+        self._cls = type(proto)
+        self._shapes = [tuple(t.shape[1:]) for t in proto]
+        self._widths = [int(np.prod(sh)) if sh else 1 for sh in self._shapes]
+        self.width = sum(self._widths)
+        self.dtype = proto[0].dtype
+        self.init_row = self.pack(proto)[0]
+        self.slab = self.init_row.new_zeros((0, self.width))
         self.rows = 0
-        self.state = model.init_state(0)
         self._grow(min(initial, self.capacity))
+
+    def pack(self, st: Any) -> torch.Tensor:
+        n = st[0].shape[0]
+        return torch.cat([t.reshape(n, -1).to(self.dtype) for t in st], dim=1)
+
+    def unpack(self, x: torch.Tensor) -> Any:
+        out, c = [], 0
+        n = x.shape[0]
+        for sh, w in zip(self._shapes, self._widths):
+            t = x[:, c:c + w]
+            out.append(t.reshape(n, *sh) if sh else t.reshape(n))
+            c += w
+        return self._cls(*out)
 
     def _grow(self, rows: int) -> None:
         rows = min(max(rows, 1), self.capacity)
         if rows <= self.rows:
             return
-        extra = self.model.init_state(rows - self.rows)
-        self.state = type(self.state)(*(torch.cat([a, b]) for a, b in zip(self.state, extra)))
+        extra = self.init_row.expand(rows - self.rows, self.width)
+        self.slab = torch.cat([self.slab, extra])
         self.rows = rows
 
     def ensure(self, slot: int) -> None:
@@ -98,10 +123,10 @@ class StateStore:
 
     def reset(self, slots: torch.Tensor) -> None:
         if len(slots):
-            self.state.put(slots, self.model.init_state(len(slots)))
+            self.slab[slots] = self.init_row
 
     def nbytes(self) -> int:
-        return sum(t.element_size() * t.nelement() for t in self.state)
+        return self.slab.element_size() * self.slab.nelement()
 
 
 def _flow_key(r: Any) -> FlowKey:
@@ -109,6 +134,10 @@ def _flow_key(r: Any) -> FlowKey:
                    client_lo=int(r["client_lo"]), client_port=int(r["client_port"]),
                    server_hi=int(r["server_hi"]), server_lo=int(r["server_lo"]),
                    server_port=int(r["server_port"]))
+
+
+_SLOT_COLS = (("start_ts", np.float64), ("steps_done", np.int64), ("packets", np.int64), ("emitted", bool),
+              ("last_used", np.int64), ("live", bool), ("gen", np.int64), ("rec", UPDATE_DTYPE))
 
 
 class StreamingClassifier:
@@ -135,22 +164,17 @@ class StreamingClassifier:
         self.handle = handle
         self.model = handle.model
         self.store = StateStore(self.model, self.max_flows)
-        cap = self.max_flows
-        self._index: dict[tuple[str, int], int] = {}
+        self._index: dict[str, dict[int, int]] = {}   # sensor -> flow id -> slot
+        self._n_index = 0
         self._free: list[int] = []
         self._next = 0
-        # per-slot scalars
-        self.start_ts = np.zeros(0)
-        self.steps_done = np.zeros(0, np.int64)
-        self.packets = np.zeros(0, np.int64)
-        self.emitted = np.zeros(0, bool)
-        self.last_used = np.zeros(0, np.int64)
-        self.live = np.zeros(0, bool)
-        self.rec = np.zeros(0, UPDATE_DTYPE)   # the last update record of each flow (key fields)
+        for name, dt in _SLOT_COLS:
+            setattr(self, name, np.zeros(0, dt))
         self._tick = 0
-        self._cap = cap
         self._keys: dict[int, tuple[str, int]] = {}   # slot -> (sensor, flow id)
-        self._pending: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # slot -> (step, neuron) of the open step
+        # events of each flow's still-open step: (slot, generation of the slot, step, neuron)
+        z = np.zeros(0, np.int64)
+        self._pool = (z, z, z, z)
 
     def swap_model(self, handle: ModelHandle) -> int:
         """Serve ``handle`` from now on; per-flow states made by the old weights are dropped. Returns flows reset."""
@@ -164,9 +188,8 @@ class StreamingClassifier:
         old = len(self.live)
         if n <= old:
             return
-        n = min(max(n, old * 2, 1024), self._cap)
-        for name, dt in (("start_ts", np.float64), ("steps_done", np.int64), ("packets", np.int64),
-                         ("emitted", bool), ("last_used", np.int64), ("live", bool), ("rec", UPDATE_DTYPE)):
+        n = min(max(n, old * 2, 1024), self.max_flows)
+        for name, dt in _SLOT_COLS:
             a = getattr(self, name)
             b = np.zeros(n, dt)
             b[:old] = a
@@ -175,8 +198,8 @@ class StreamingClassifier:
     def _alloc(self) -> int:
         if self._free:
             return self._free.pop()
-        if self._next >= self._cap:
-            self._evict(max(1, self._cap // 100))
+        if self._next >= self.max_flows:
+            self._evict(max(1, self.max_flows // 100))
             return self._free.pop()
         s = self._next
         self._next += 1
@@ -195,18 +218,69 @@ class StreamingClassifier:
     def _release(self, slots: np.ndarray) -> None:
         for s in slots.tolist():
             kd = self._keys.pop(s, None)
-            if kd is not None:
-                self._index.pop(kd, None)
-            self._pending.pop(s, None)
+            if kd is not None and self._index.get(kd[0], {}).pop(kd[1], None) is not None:
+                self._n_index -= 1
             self._free.append(s)
         self.live[slots] = False
+        self.gen[slots] += 1  # their pending events become stale
         self.store.reset(torch.as_tensor(slots, dtype=torch.long))
 
     @property
     def active_flows(self) -> int:
-        return len(self._index)
+        return self._n_index
 
     # ------------------------------------------------------------- the batch
+    def _slots_of(self, batches: Sequence[UpdateBatch], keys: np.ndarray, seq: np.ndarray) -> np.ndarray:
+        """Slot of each update; new flows get one (dict lookups at C speed; Python work only per new flow)."""
+        parts, sens = [], []
+        for b in batches:
+            d = self._index.setdefault(b.sensor, {})
+            got = list(map(d.get, b.keys["flow_id"].tolist()))
+            parts.append(np.array([-1 if g is None else g for g in got], dtype=np.int64))
+            sens.extend([b.sensor] * len(b))
+        slots = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        self._tick += 1
+        known = slots >= 0
+        self.last_used[slots[known]] = self._tick  # never evicted to make room in this very batch
+        need = np.flatnonzero(~known | (seq == 0))
+        if not len(need):
+            return slots
+        fids = keys["flow_id"]
+        restarted = False
+        new_flows = missing = 0
+        for i in need.tolist():
+            sensor, fid, q = sens[i], int(fids[i]), int(seq[i])
+            d = self._index[sensor]
+            s = d.get(fid)
+            if s is not None and q != 0:
+                slots[i] = s  # its first update came earlier in this batch
+                continue
+            if s is not None:  # seq 0 for a known id: a restarted sensor reuses flow ids
+                self._release(np.array([s]))
+                restarted = True
+            s = self._alloc()
+            d[fid] = s
+            self._n_index += 1
+            self._keys[s] = (sensor, fid)
+            self.live[s] = True
+            self.start_ts[s] = keys["start_ts"][i]
+            self.steps_done[s] = 0
+            self.packets[s] = q
+            self.emitted[s] = False
+            self.last_used[s] = self._tick
+            if q == 0:
+                new_flows += 1
+            else:
+                missing += 1
+            slots[i] = s
+        self.counters["flows"] += new_flows
+        if missing:
+            self.drops["flow_start_missed"] += missing
+        if restarted:  # later updates of a re-started id must point at its new slot
+            for i in range(len(slots)):
+                slots[i] = self._index[sens[i]][int(fids[i])]
+        return slots
+
     def process(self, batches: Sequence[UpdateBatch], now: float | None = None) -> list[Verdict]:
         """Advance every flow of these decoded messages; returns the verdicts the policy emits."""
         batches = [b for b in batches if len(b)]
@@ -215,137 +289,109 @@ class StreamingClassifier:
         t_start = time.perf_counter()
         h = self.handle
         # ---- concatenate the messages
-        keys = np.concatenate([b.keys for b in batches]) if len(batches) > 1 else batches[0].keys
+        one = len(batches) == 1
+        keys = batches[0].keys if one else np.concatenate([b.keys for b in batches])
         sensors: list[str] = []
         for b in batches:
             sensors.extend([b.sensor] * len(b))
-        lens = np.concatenate([np.diff(b.offsets) for b in batches])
-        ts = np.concatenate([b.ts for b in batches])
-        size = np.concatenate([b.size for b in batches])
-        direction = np.concatenate([b.direction for b in batches])
+        lens = np.diff(batches[0].offsets) if one else np.concatenate([np.diff(b.offsets) for b in batches])
+        ts = batches[0].ts if one else np.concatenate([b.ts for b in batches])
+        size = batches[0].size if one else np.concatenate([b.size for b in batches])
+        direction = batches[0].direction if one else np.concatenate([b.direction for b in batches])
         nu = len(keys)
         self.counters["updates"] += nu
         self.counters["packets"] += int(lens.sum())
         self.counters["messages"] += len(batches)
-
-        # ---- slots (the only per-update Python loop)
-        fids = keys["flow_id"].tolist()
-        seqs = keys["seq"].tolist()
-        slots = np.empty(nu, np.int64)
-        index = self._index
-        new_flows = missing = 0
-        self._tick += 1
-        tick, last_used = self._tick, self.last_used
-        for i in range(nu):
-            k = (sensors[i], fids[i])
-            s = index.get(k)
-            if s is None or seqs[i] == 0:
-                if s is not None:  # a restarted sensor reuses flow ids: start over
-                    self._release(np.array([s]))
-                s = self._alloc()
-                index[k] = s
-                self._keys[s] = k
-                self.live[s] = True
-                self.start_ts[s] = keys["start_ts"][i]
-                self.steps_done[s] = 0
-                self.packets[s] = 0
-                self.emitted[s] = False
-                if seqs[i] == 0:
-                    new_flows += 1
-                else:
-                    missing += 1
-                    self.packets[s] = seqs[i]
-                last_used = self.last_used
-            last_used[s] = tick
-            slots[i] = s
-        self.counters["flows"] += new_flows
-        if missing:
-            self.drops["flow_start_missed"] += missing
-        self.rec[slots] = keys
-        # gaps: updates lost upstream (sensor drops) show as a seq jump
         seq = keys["seq"].astype(np.int64)
-        # (several updates of one flow in a batch: check against the running count)
-        exp = self._expected_seq(slots, lens)
-        gap = seq - exp
+
+        slots = self._slots_of(batches, keys, seq)
+        self.rec[slots] = keys
+        # unique flows of the batch and the index of each one's last update
+        rev_u, rev_i = np.unique(slots[::-1], return_index=True)
+        uslots, ulast = rev_u, nu - 1 - rev_i
+        # gaps: updates lost upstream (sensor drops) show as a seq jump against the running count
+        gap = seq - self._expected_seq(slots, lens)
         if (gap > 0).any():
             self.drops["gap_updates"] += int((gap > 0).sum())
             self.drops["gap_packets"] += int(gap[gap > 0].sum())
-        last_of = {}
-        for i, s in enumerate(slots.tolist()):
-            last_of[s] = i
-        uslots = np.fromiter(last_of.keys(), np.int64, len(last_of))
-        ulast = np.fromiter(last_of.values(), np.int64, len(last_of))
         self.packets[uslots] = seq[ulast] + lens[ulast]
-        final_u = keys["final"].astype(bool)
         final_slot = np.zeros(len(self.live), bool)
-        final_slot[slots[final_u]] = True
+        final_slot[slots[keys["final"].astype(bool)]] = True
 
         # ---- events of the new packets
-        upd = np.repeat(np.arange(nu), lens)
-        pslot = slots[upd]
-        rel = ts - self.start_ts[pslot]
-        step = np.floor(rel / h.bin_s).astype(np.int64)
+        pslot = np.repeat(slots, lens)
+        step = np.floor((ts - self.start_ts[pslot]) / h.bin_s).astype(np.int64)
         from ..snn.encoding import IMPROVED_BINS_PER_DIRECTION, improved_size_bins
 
         neuron = direction.astype(np.int64) * IMPROVED_BINS_PER_DIRECTION + improved_size_bins(size)
-        # pending events of the touched flows come first (they are older)
-        pend = [(s, self._pending.pop(s)) for s in uslots.tolist() if s in self._pending]
-        if pend:
-            ps = np.concatenate([np.full(len(p[0]), s, np.int64) for s, p in pend])
-            pslot = np.concatenate([ps, pslot])
-            step = np.concatenate([np.concatenate([p[0] for _, p in pend]), step])
-            neuron = np.concatenate([np.concatenate([p[1] for _, p in pend]), neuron])
-        # the step each flow may advance to: all steps before its newest packet's, all at its end
+        # pending events (open steps) of the touched flows come first: they are older
+        p_slot, p_gen, p_step, p_neu = self._pool
+        if len(p_slot):
+            valid = p_gen == self.gen[p_slot]
+            touched = np.zeros(len(self.live), bool)
+            touched[uslots] = True
+            use = valid & touched[p_slot]
+            stay = valid & ~use
+            if use.any():
+                pslot = np.concatenate([p_slot[use], pslot])
+                step = np.concatenate([p_step[use], step])
+                neuron = np.concatenate([p_neu[use], neuron])
+            self._pool = (p_slot[stay], p_gen[stay], p_step[stay], p_neu[stay])
+        # the step each flow may advance to: every step before its newest packet's; at its end the
+        # whole window (nothing more will come: the verdict is the model's output on the whole window)
         n_steps = h.n_steps
-        target = self.steps_done.copy()
+        done = self.steps_done
+        target = done.copy()
         if len(step):
             last_step = np.full(len(self.live), -1, np.int64)
             np.maximum.at(last_step, pslot, step)
-            t_open = np.where(final_slot, last_step + 1, last_step)
-            np.maximum(target, np.minimum(t_open, n_steps), out=target)
-        # a flow that ended has nothing more in its window: run it to the window's end, so its final
-        # verdict is the model's output on the whole (zero-padded) window, as in training
+            np.maximum(target, np.minimum(last_step, n_steps), out=target)
         target[final_slot] = n_steps
-        done = self.steps_done
-        in_window = (step >= done[pslot]) & (step < n_steps)
+        d_ev = done[pslot]
+        in_window = (step >= d_ev) & (step < n_steps)
         self.counters["packets_after_window"] += int((step >= n_steps).sum())
-        late = (step < done[pslot]).sum()
+        late = int((step < d_ev).sum())
         if late:
-            self.counters["packets_late"] += int(late)  # out of order across a fed step: ignored
+            self.counters["packets_late"] += late  # out of order across a fed step: ignored
         feed = in_window & (step < target[pslot])
         keep = in_window & ~feed & ~final_slot[pslot]
         if keep.any():
-            ks, kst, kn = pslot[keep], step[keep], neuron[keep]
-            order = np.argsort(ks, kind="stable")
-            ks, kst, kn = ks[order], kst[order], kn[order]
-            cut = np.flatnonzero(np.diff(ks)) + 1
-            for a, b in zip(np.concatenate([[0], cut]).tolist(), np.concatenate([cut, [len(ks)]]).tolist()):
-                self._pending[int(ks[a])] = (kst[a:b], kn[a:b])
+            ks = pslot[keep]
+            old = self._pool
+            self._pool = (np.concatenate([old[0], ks]), np.concatenate([old[1], self.gen[ks]]),
+                          np.concatenate([old[2], step[keep]]), np.concatenate([old[3], neuron[keep]]))
 
-        # ---- advance, grouped by step count
+        # ---- advance. advance() takes one step count per call: split each flow's k steps into
+        # binary digits (k = 2^a + 2^b + ...), so a batch needs at most log2(n_steps) + 1 calls
         k_of = target[uslots] - done[uslots]
-        # advance() takes one step count per call: split each flow's k steps into its binary digits
-        # (k = 2^a + 2^b + ...), so a batch needs at most log2(n_steps) + 1 calls whatever its mix
-        fs, fst, fn = pslot[feed], step[feed], neuron[feed]
-        cursor = done.copy()
-        kslot = np.zeros(len(self.live), np.int64)
-        kslot[uslots] = k_of
-        kev = kslot[fs]
-        n_adv = 0
-        for bit in range(int(k_of.max()).bit_length() if len(k_of) else 0):
-            width = 1 << bit
-            grp = np.sort(uslots[(k_of >> bit) & 1 == 1])
-            if not len(grp):
-                continue
-            c_ev = cursor[fs]
-            sel = ((kev >> bit) & 1 == 1) & (fst >= c_ev) & (fst < c_ev + width)
-            es = fs[sel]
-            batch = self._sparse(np.searchsorted(grp, es), fst[sel] - cursor[es], fn[sel], len(grp), width)
-            idx = torch.as_tensor(grp, dtype=torch.long, device=self.device)
-            st = self.model.advance(self.store.state.index(idx), batch)
-            self.store.state.put(idx, st)
-            cursor[grp] += width
-            n_adv += len(grp)
+        adv = uslots[k_of > 0]
+        n_adv = len(adv)
+        if n_adv:
+            k_adv = k_of[k_of > 0]
+            fs, fst, fn = pslot[feed], step[feed], neuron[feed]
+            loc = np.full(len(self.live), -1, np.int64)
+            loc[adv] = np.arange(n_adv)
+            f_loc = loc[fs]
+            cursor = done[adv].copy()
+            kev = k_adv[f_loc]
+            adv_t = torch.as_tensor(adv, dtype=torch.long, device=self.device)
+            local = self.store.slab.index_select(0, adv_t)
+            for bit in range(int(k_adv.max()).bit_length()):
+                width = 1 << bit
+                grp = np.flatnonzero((k_adv >> bit) & 1)
+                if not len(grp):
+                    continue
+                c_ev = cursor[f_loc]
+                sel = ((kev >> bit) & 1 == 1) & (fst >= c_ev) & (fst < c_ev + width)
+                pos = np.full(n_adv, -1, np.int64)
+                pos[grp] = np.arange(len(grp))
+                el = f_loc[sel]
+                batch = self._sparse(pos[el], fst[sel] - cursor[el], fn[sel], len(grp), width)
+                g_t = torch.as_tensor(grp, dtype=torch.long, device=self.device)
+                st = self.model.advance(self.store.unpack(local.index_select(0, g_t)), batch)
+                local.index_copy_(0, g_t, self.store.pack(st))
+                cursor[grp] += width
+            self.store.slab.index_copy_(0, adv_t, local)
         self.steps_done[uslots] = target[uslots]
         self.counters["flow_advances"] += n_adv
 
@@ -359,13 +405,16 @@ class StreamingClassifier:
         return verdicts
 
     def _expected_seq(self, slots: np.ndarray, lens: np.ndarray) -> np.ndarray:
-        """What seq each update should carry if nothing was lost (running count within the batch)."""
-        exp = self.packets[slots].copy()
-        if len(np.unique(slots)) != len(slots):
-            run: dict[int, int] = {}
-            for i, s in enumerate(slots.tolist()):
-                exp[i] = run.get(s, int(self.packets[s]))
-                run[s] = int(exp[i]) + int(lens[i])
+        """The seq each update should carry if nothing was lost (a running count per flow in the batch)."""
+        order = np.argsort(slots, kind="stable")
+        ss, ll = slots[order], lens[order]
+        excl = np.cumsum(ll) - ll
+        start = np.ones(len(ss), bool)
+        start[1:] = ss[1:] != ss[:-1]
+        gid = np.cumsum(start) - 1
+        excl -= excl[np.flatnonzero(start)][gid]
+        exp = np.empty(len(slots), np.int64)
+        exp[order] = self.packets[ss] + excl
         return exp
 
     def _sparse(self, sample: np.ndarray, step: np.ndarray, neuron: np.ndarray, n: int, k: int) -> Any:
@@ -404,7 +453,7 @@ class StreamingClassifier:
         cand, li, is_final = cand[want], ulast[scored][want], is_final[want]
         idx = torch.as_tensor(cand, dtype=torch.long, device=self.device)
         with torch.no_grad():
-            logits = self.model.logits(self.store.state.index(idx)).float()
+            logits = self.model.logits(self.store.unpack(self.store.slab.index_select(0, idx))).float()
             probs = torch.softmax(logits / h.temperature, dim=1).cpu().numpy()
         conf = probs.max(1)
         label = probs.argmax(1)
@@ -448,7 +497,7 @@ class StreamingClassifier:
         h = self.handle
         idx = torch.as_tensor(live, dtype=torch.long, device=self.device)
         with torch.no_grad():
-            probs = torch.softmax(self.model.logits(self.store.state.index(idx)).float() / h.temperature,
+            probs = torch.softmax(self.model.logits(self.store.unpack(self.store.slab.index_select(0, idx))).float() / h.temperature,
                                   dim=1).cpu().numpy()
         now = time.time()
         out = []
