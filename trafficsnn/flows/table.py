@@ -70,6 +70,13 @@ def key_hash(vlan, proto, ahi, alo, aport, bhi, blo, bport) -> np.ndarray:
     return _hash5(ahi, alo, bhi, blo, _small(vlan, proto, aport, bport))
 
 
+def _stable_argsort(x: np.ndarray, bound: int) -> np.ndarray:
+    """Stable argsort of small non-negative ints (< bound): radix sort on uint16/uint32."""
+    if bound <= 0xFFFF:
+        return np.argsort(x.astype(np.uint16), kind="stable")
+    return np.argsort(x, kind="stable")
+
+
 def canonical_key(batch: PacketBatch):
     """Key columns with the lower (hi, lo, port) endpoint as ``a``; ``from_a`` per packet."""
     shi, slo, sp = batch.src_hi, batch.src_lo, batch.sport
@@ -407,7 +414,7 @@ class FlowTable:
             new_slots = self._alloc(nf)
             fpos = order[sst[fresh]]
             rank = np.empty(nf, np.int64)
-            rank[np.argsort(fpos, kind="stable")] = np.arange(nf)
+            rank[np.argsort(fpos)] = np.arange(nf)          # positions are distinct
             seg_slot[fresh] = new_slots
             fi = sst[fresh]
             fg = sg[fresh]
@@ -529,7 +536,7 @@ class FlowTable:
         if len(slots) == 0:
             return []
         S = self._slots.cols
-        o = np.argsort(S["fid"][slots], kind="stable")
+        o = np.argsort(S["fid"][slots])                   # flow ids are distinct
         slots, codes = slots[o], codes[o]
         if indexed:
             self._unindex(slots)
@@ -584,7 +591,7 @@ class FlowTable:
         m = (r >= 0) & G.cols["alive"][:ns]
         idx = np.flatnonzero(m)
         rk = r[idx]
-        o = np.argsort(rk, kind="stable")
+        o = _stable_argsort(rk, len(slots))
         idx, rk = idx[o], rk[o]
         st = G.cols["start"][idx]
         L = G.cols["end"][idx] - st
@@ -618,7 +625,7 @@ class FlowTable:
         alive = G.cols["alive"][: G.n]
         idx = np.flatnonzero(alive)
         slots = G.cols["slot"][idx]
-        o = np.argsort(slots, kind="stable")
+        o = _stable_argsort(slots, self._slots.n)
         idx = idx[o]
         stt = G.cols["start"][idx]
         L = G.cols["end"][idx] - stt
