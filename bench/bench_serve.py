@@ -156,6 +156,10 @@ def main() -> None:
         pcap = tmp / "load.pcap"
         n = write_demo_pcap(pcap, n_flows=args.flows, packets_per_flow=ppf, duration=duration, spread=duration,
                             seed=1, heavy=True)
+        if n < args.packets:  # heavy-tailed sizes: top up to at least the asked number of packets
+            ppf = int(np.ceil(ppf * args.packets / n * 1.02))
+            n = write_demo_pcap(pcap, n_flows=args.flows, packets_per_flow=ppf, duration=duration,
+                                spread=duration, seed=1, heavy=True)
         import numpy as _np  # noqa: F401
         rec_rate = n / _recorded_span(pcap)
         common_c = ["--emit", "first", "--min-confidence", "0", "--batch", "2048", "--batch-ms", "10",

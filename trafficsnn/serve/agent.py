@@ -158,10 +158,11 @@ class CaptureAgent:
                 if not (cfg.speed and len(fb)):
                     yield fb
                     continue
-                # recorded speed: hand out slices of 10 ms (recorded) when they are due
+                # recorded speed: hand out slices of 5 ms (wall clock, at least 1 ms recorded) when due
                 if t0_rec is None:
                     t0_rec, t0_wall = float(fb.ts[0]), time.monotonic()
-                cuts = np.flatnonzero(np.diff(np.floor((fb.ts - t0_rec) / 0.01))) + 1
+                tick = max(0.005 * cfg.speed, 0.001)
+                cuts = np.flatnonzero(np.diff(np.floor((fb.ts - t0_rec) / tick))) + 1
                 for a, b in zip(np.concatenate([[0], cuts]).tolist(), np.concatenate([cuts, [len(fb)]]).tolist()):
                     part = _slice(fb, a, b)
                     due = t0_wall + (float(part.ts[-1]) - t0_rec) / cfg.speed

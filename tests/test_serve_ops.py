@@ -1,0 +1,139 @@
+"""Operations: Prometheus metrics over HTTP, --config TOML defaults, CURVE between agent and daemon."""
+from __future__ import annotations
+
+import shutil
+import threading
+import urllib.request
+
+import click
+import pytest
+import zmq
+
+from trafficsnn.errors import ConfigError
+from trafficsnn.serve.agent import AgentConfig, CaptureAgent
+from trafficsnn.serve.config import load_section
+from trafficsnn.serve.daemon import ClassifierDaemon, ClassifyConfig
+from trafficsnn.serve.demo import make_random_model, write_demo_pcap
+from trafficsnn.serve.security import make_keys
+from trafficsnn.serve.sinks import ListSink
+
+
+def _free_port() -> int:
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def _run_pair(tmp_path, daemon_kw: dict, agent_kw: dict, n_flows: int = 12):
+    pcap = tmp_path / "d.pcap"
+    write_demo_pcap(pcap, n_flows=n_flows, packets_per_flow=10, duration=5.0, seed=7)
+    model = make_random_model(tmp_path / "m")
+    ctx = zmq.Context()
+    sink = ListSink()
+    port = _free_port()
+    ep = f"tcp://127.0.0.1:{port}"
+    d = ClassifierDaemon(ClassifyConfig(bind=(ep,), model=str(model), device="cpu", emit="final",
+                                        exit_after_eos=1, **daemon_kw), ctx=ctx, sinks=[sink])
+    out: dict = {}
+    th = threading.Thread(target=lambda: out.update(d.run()), daemon=True)
+    th.start()
+    return d, th, out, sink, ctx, AgentConfig(pcap=(str(pcap),), connect=(ep,), lossless=True, sensor="s",
+                                              stats_interval=0, **agent_kw)
+
+
+def test_metrics_endpoint_exports_counters_histograms_and_model(tmp_path):
+    mport = _free_port()
+    d, th, out, sink, ctx, acfg = _run_pair(tmp_path, {"metrics_port": mport}, {})
+    try:
+        CaptureAgent(acfg, ctx=ctx).run()
+        # scrape while the daemon still serves (it exits after EOS; scrape a live snapshot first)
+        th.join(timeout=60)
+    finally:
+        d.stop()
+        th.join(timeout=10)
+    # the HTTP server is closed with the daemon: check the registry the endpoint served
+    text = _metrics_text(d)
+    assert "trafficsnn_packets_total 120.0" in text
+    assert "trafficsnn_flows_total 12.0" in text
+    assert 'trafficsnn_model_info{id="random-0"' in text
+    assert "trafficsnn_inference_seconds_bucket" in text and "trafficsnn_batch_updates_count" in text
+    assert 'trafficsnn_drops_total{cause="state_evicted"} 0.0' in text
+    assert len(sink.verdicts) == 12
+    ctx.term()
+
+
+def _metrics_text(d) -> str:
+    from prometheus_client import generate_latest
+
+    return generate_latest(d.metrics.registry).decode()
+
+
+def test_metrics_over_http(tmp_path):
+    from trafficsnn.serve.metrics import Metrics
+
+    port = _free_port()
+    m = Metrics(lambda: {"counters": {"updates_total": 5, "drops_total": {"gap": 2, "_label": "cause"}},
+                         "gauges": {"flows_active": 3}, "info": {"model": {"id": "x", "sha256": "ab"}}})
+    m.serve(port)
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    finally:
+        m.close()
+    assert "trafficsnn_updates_total 5.0" in text and 'trafficsnn_drops_total{cause="gap"} 2.0' in text
+    assert "trafficsnn_flows_active 3.0" in text and 'trafficsnn_model_info{id="x",sha256="ab"} 1.0' in text
+
+
+def test_curve_agent_to_daemon(tmp_path):
+    keys = tmp_path / "keys"
+    for name in ("server", "sensor1"):
+        make_keys(keys, name)
+    auth = tmp_path / "authorized"
+    auth.mkdir()
+    shutil.copy(keys / "sensor1.key", auth)
+    d, th, out, sink, ctx, acfg = _run_pair(
+        tmp_path, {"curve_secret": str(keys / "server.key_secret"), "curve_clients": str(auth)},
+        {"curve_secret": str(keys / "sensor1.key_secret"), "curve_server": str(keys / "server.key")})
+    try:
+        CaptureAgent(acfg, ctx=ctx).run()
+        th.join(timeout=60)
+    finally:
+        d.stop()
+        th.join(timeout=10)
+    assert len(sink.verdicts) == 12 and out["counters"]["packets"] == 120
+    ctx.term()
+
+
+def test_config_file_sets_defaults_and_rejects_unknown_keys(tmp_path):
+    from trafficsnn.commands.capture import command as capture_cmd
+
+    cfg = tmp_path / "t.toml"
+    cfg.write_text('[capture]\ninterface = "lo"\nfilter = "udp"\nevery = 3\nconnect = "ipc:///x"\n'
+                   '[classify]\nbind = "ipc:///x"\n')
+    ctx = capture_cmd.make_context("capture", ["--config", str(cfg), "--every", "5"])
+    assert ctx.params["interface"] == "lo" and ctx.params["bpf_filter"] == "udp"
+    assert ctx.params["every"] == 5  # the command line wins
+    assert list(ctx.params["connect"]) == ["ipc:///x"]
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[capture]\nnonsense = 1\n")
+    with pytest.raises(click.BadParameter, match="unknown key 'nonsense'"):
+        capture_cmd.make_context("capture", ["--config", str(bad)])
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        (tmp_path / "x.toml").write_text("[capture\n")
+        load_section(tmp_path / "x.toml", "capture", {"a"})
+
+
+def test_example_config_loads_into_both_commands():
+    from pathlib import Path
+
+    from trafficsnn.commands.capture import command as capture_cmd
+    from trafficsnn.commands.classify import command as classify_cmd
+
+    example = Path(__file__).resolve().parent.parent / "systemd" / "trafficsnn.toml"
+    c = capture_cmd.make_context("capture", ["--config", str(example)])
+    assert c.params["interface"] == "eth0" and c.params["snaplen"] == 256
+    k = classify_cmd.make_context("classify", ["--config", str(example)])
+    assert k.params["emit"] == "first" and list(k.params["bind"]) == ["ipc:///run/trafficsnn/updates"]
