@@ -1,24 +1,29 @@
 """The bidirectional flow table: PacketBatch in, whole flows or flow updates out.
 
-Everything per batch is vectorised with numpy; Python work is per *flow*
-(a dict lookup per live flow touched, an object per emitted flow), never per
-packet. How a batch is processed:
+Everything per batch is vectorised with numpy: no Python work per packet, and
+per flow only the making of the emitted objects (``Flow``/``FlowUpdate``; the
+``Columnar`` policy avoids even that). How a batch is processed:
 
-1. Canonicalise the key (the lower endpoint first), hash it to 64 bits and
-   stable-sort the batch by hash, so each flow's packets are contiguous and in
-   capture order (hash collisions are detected and fall back to a full
-   lexicographic sort).
-2. Cut each key's run into flow *instances* exactly at the packet where a flow
+1. Canonicalise the key (the lower endpoint first), hash it to 64 bits and sort
+   the batch by (hash prefix, arrival) with one packed uint64 sort, so each
+   flow's packets are contiguous and in capture order. Keys sharing a hash
+   prefix are detected (adjacent key columns compared) and the batch falls back
+   to a full lexicographic sort.
+2. Look the groups up among live flows in a vectorised open-addressing hash
+   index (``hashindex.HashIndex``), checking the full key of every hit.
+3. Cut each key's run into flow *instances* exactly at the packet where a flow
    ends: an idle gap, the active timeout, a TCP RST, or the second side's FIN.
    Gaps and RSTs are stateless; FIN pairs and the active timeout depend on
    where the instance started, so they are resolved by a short fixed-point
    loop over segments (one or two rounds in practice).
-3. Update per-flow counters (struct-of-arrays indexed by slot) and append the
-   stored packets to one growable columnar store; each flow owns a list of
-   (start, end) segments in it. Emitting a flow gathers its segments in one
-   fancy-index; the store is compacted when most of it is dead.
+4. Update per-flow counters (struct-of-arrays indexed by slot) and append the
+   stored packets to one growable columnar store; each flow owns (start, end)
+   segments in it. Emitting flows gathers their segments in one fancy-index;
+   the store is compacted when half of it is dead.
 
-Flows that end are handed to the emission policy (``WholeFlows``, ``EveryK``).
+Flows that end are handed to the emission policy (``WholeFlows``, ``EveryK``,
+``Columnar``). Live-flow expiry by the clock runs after each batch and in
+``advance(now)``; expiry changes when a flow is emitted, never its packets.
 """
 from __future__ import annotations
 
