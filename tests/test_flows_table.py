@@ -267,3 +267,12 @@ def test_empty_batch_and_stats():
     t.add(make_batch([(0, 1, 1, 2, 2, 17, 50, 0)]))
     t.flush()
     assert t.stats["packets"] == 1 and t.stats["flows_created"] == 1 and t.stats["ended"]["eof"] == 1
+
+
+def test_flows_never_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, trafficsnn.flows, trafficsnn.commands.extract; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
