@@ -71,8 +71,9 @@ def _greedy_assign(unit_counts: np.ndarray, fractions: np.ndarray, rng: np.rando
     target = fractions[:, None] * total[None, :]
     current = np.zeros_like(target)
     # rare-class units first, big units first, ties broken by the seed
-    rarity = (unit_counts / np.maximum(total, 1)).max(axis=1)
-    order = np.lexsort((rng.random(n_units), -unit_counts.sum(axis=1), -rarity))
+    # big units (in share of their class) first, with seeded jitter so seeds give different splits
+    share = (unit_counts / np.maximum(total, 1)).max(axis=1)
+    order = np.argsort(-share * rng.uniform(0.5, 1.5, n_units), kind="stable")
     side = np.empty(n_units, np.int64)
     units_per_side_class = np.zeros((len(fractions), n_classes))
     for u in order:
@@ -80,8 +81,11 @@ def _greedy_assign(unit_counts: np.ndarray, fractions: np.ndarray, rng: np.rando
         deficit = (target - current) / np.maximum(total, 1)
         # prefer the side lacking these classes most; a side with no unit of a class yet gets a bonus
         need = (deficit * (w > 0)).sum(axis=1) + 0.5 * ((units_per_side_class == 0) & (w > 0)).sum(axis=1) * (fractions > 0)
+        # spread big units: prefer the side that is least full relative to its share
+        fill = current.sum(axis=1) / np.maximum(fractions * total.sum(), 1e-9)
+        need = need - 0.25 * fill
         need = np.where(fractions > 0, need, -np.inf)
-        s = int(np.argmax(need + 1e-9 * rng.random(len(fractions))))
+        s = int(np.argmax(need + 0.05 * rng.random(len(fractions))))
         side[u] = s
         current[s] += unit_counts[u]
         units_per_side_class[s] += unit_counts[u] > 0
