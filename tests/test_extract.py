@@ -137,3 +137,17 @@ def test_progress_bar_by_bytes(tmp_path, capsys):
     s = extract_files([str(p)], str(tmp_path / "o.jsonl"), fmt="jsonl", progress=True)
     err = capsys.readouterr().err
     assert s["flows"] == 2 and "extract" in err and "100%" in err
+
+
+def test_unwritable_output_is_one_clear_error(tmp_path, capsys):
+    p = tmp_path / "a.pcap"
+    write_pcap(p, _two_flows())
+    d = tmp_path / "ro"
+    d.mkdir()
+    target = d / "x.npz"
+    target.mkdir()                                   # a folder where the file should go
+    code, _, err = _run(capsys, "extract", str(p), "-o", str(target / "sub" / "y.npz"))
+    assert code != 0 and "does not exist" in err
+    (d / "x.npz.tmp").mkdir()
+    code, _, err = _run(capsys, "extract", str(p), "-o", str(d / "x.npz"))
+    assert code != 0 and "cannot write the output" in err and "Traceback" not in err

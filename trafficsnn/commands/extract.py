@@ -137,6 +137,15 @@ def command(captures, out, fmt, idle_timeout, active_timeout, max_flows, tcp_clo
         raise ConfigError("--out - (stdout) needs --format jsonl")
     if out != "-" and Path(out).parent and not Path(out).parent.exists():
         raise ConfigError(f"output folder {Path(out).parent} does not exist")
+    if out != "-":
+        probe = Path(str(out) + ".tmp")
+        try:
+            with open(probe, "ab"):
+                pass
+            probe.unlink()
+        except OSError as err:
+            raise ConfigError(f"cannot write the output {out}: {err.strerror or err} "
+                              "(choose a writable path with -o)") from None
     if whole_file:
         idle_timeout = active_timeout = 0
         tcp_close = False
