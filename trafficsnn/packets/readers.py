@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import CaptureError
 from .batch import FrameBatch
+from .walk import walk
 
 CHUNK = 16 << 20            # bytes read per step: memory stays bounded by a few chunks
 MAX_CAPLEN = 1 << 18        # libpcap's/Wireshark's largest normal snapshot length (256 KiB)
@@ -54,6 +55,25 @@ def _read_fully(f: BinaryIO, n: int) -> bytes:
         parts.append(b)
         got += len(b)
     return b"".join(parts)
+
+
+def _read_after(f: BinaryIO, tail: np.ndarray, n: int) -> tuple[np.ndarray, int]:
+    """``tail`` followed by up to ``n`` more bytes of ``f`` in one fresh array, and how many came.
+
+    Reading straight into the array (``readinto``) avoids two copies of every chunk
+    (bytes concatenation, then the tail slice) that a ``bytes`` buffer costs.
+    """
+    nt = len(tail)
+    arr = np.empty(nt + n, dtype=np.uint8)
+    arr[:nt] = tail
+    mv = memoryview(arr)
+    got = 0
+    while got < n:
+        k = f.readinto(mv[nt + got:])
+        if not k:
+            break
+        got += k
+    return arr[:nt + got], got
 
 
 class CaptureReader:
@@ -139,9 +159,12 @@ class CaptureReader:
         st["frames"] += n
         st["captured_bytes"] += int(caplen.sum(dtype=np.int64))
         st["wire_bytes"] += int(wire.sum(dtype=np.int64))
-        lts, cnt = np.unique(linktype, return_counts=True)
-        for lt, c in zip(lts.tolist(), cnt.tolist()):
-            st["linktypes"][lt] += c
+        if linktype[0] == linktype[-1] and (linktype == linktype[0]).all():
+            st["linktypes"][int(linktype[0])] += n     # one link type (always so in pcap): no sort
+        else:
+            lts, cnt = np.unique(linktype, return_counts=True)
+            for lt, c in zip(lts.tolist(), cnt.tolist()):
+                st["linktypes"][lt] += c
         bs = self.batch_size
         for i in range(0, n, bs):
             j = i + bs
@@ -167,25 +190,22 @@ class CaptureReader:
         lim = min(snaplen if snaplen > 0 else MAX_CAPLEN, ABSURD_BLOCK)
         u32 = struct.Struct(order + "I").unpack_from
         base = 24               # file offset of buf[0]
-        buf = b""
+        buf = np.empty(0, dtype=np.uint8)
         eof = False
         want = self.chunk_size
         while True:
             if not eof:
-                more = _read_fully(f, want)
-                eof = len(more) < want
-                buf = buf + more if buf else more
+                buf, got = _read_after(f, buf, want)
+                eof = got < want
             end = len(buf)
-            offs: list[int] = []
-            ap = offs.append
-            p = 0
             bad = None
             # fast walk: far from the chunk's end no record can overrun it, so only the
-            # jump is computed here; caplens are validated below, vectorised
+            # jump is computed here (vectorised when provable, see walk.py); caplens are
+            # validated below, vectorised
             safe = end - rhl - lim
-            while p <= safe:
-                ap(p)
-                p += rhl + u32(buf, p + 8)[0]
+            o_fast, p = walk(buf, rhl, order, safe, lim)
+            offs: list[int] = []
+            ap = offs.append
             # careful walk near the end (skipped if a bogus caplen jumped past it)
             while p + rhl <= end:
                 c = u32(buf, p + 8)[0]
@@ -197,16 +217,16 @@ class CaptureReader:
                     break
                 ap(p)
                 p = nxt
-            if offs:
-                d = np.frombuffer(buf, dtype=np.uint8)
-                o = np.array(offs, dtype=np.int64)
+            if offs or len(o_fast):
+                d = buf
+                o = np.concatenate((o_fast, np.array(offs, dtype=np.int64))) if offs else o_fast
                 h = _gather_u32(d, o, 4, order)
                 sec, frac, cap, wire = h[:, 0], h[:, 1], h[:, 2], h[:, 3]
                 over = cap > lim
                 if over.any():
                     k = int(np.argmax(over))
                     c = int(cap[k])
-                    bad = (offs[k], self._caplen_reason(c, snaplen))
+                    bad = (int(o[k]), self._caplen_reason(c, snaplen))
                     o, sec, frac, cap, wire = o[:k], sec[:k], frac[:k], cap[:k], wire[:k]
                 ts = sec.astype(np.float64) + frac.astype(np.float64) / tps
                 wire = np.maximum(wire, cap)
