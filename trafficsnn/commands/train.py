@@ -57,6 +57,9 @@ state/ (resumable), test_report/ (report.json, report.md, confusion.png), summar
               help="Improved preset: packet counts per (step, size bin) as they are or log1p.")
 @click.option("--augment/--no-augment", default=None,
               help="Train on random flow prefixes and thinned packet counts (default: off).")
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=None,
+              help="Adam (coupled L2) weight decay (default: the preset's).")
+@click.option("--label-smoothing", type=click.FloatRange(0, 1), default=None, help="Cross-entropy label smoothing.")
 @click.option("--hidden", "n_hidden", type=click.IntRange(1), default=None, help="SNN hidden neurons (default: preset).")
 @click.option("--resume", is_flag=True, help="Continue from OUT/state after an interruption.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
@@ -64,8 +67,8 @@ state/ (resumable), test_report/ (report.json, report.md, confusion.png), summar
 @click.option("--no-cache", is_flag=True, help="Do not read or write the sample cache.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or summary.")
 def command(data, out, preset, model_kind, epochs, batch_size, lr, seed, device, split, fractions, session_groups,
-            manifest, labels_csv, rules, task, max_packets, min_packets, bin_s, n_steps, input_value, augment, n_hidden,
-            resume, cache_dir, no_cache, quiet):
+            manifest, labels_csv, rules, task, max_packets, min_packets, bin_s, n_steps, input_value, augment, weight_decay,
+            label_smoothing, n_hidden, resume, cache_dir, no_cache, quiet):
     import json
     import warnings
 
@@ -78,8 +81,8 @@ def command(data, out, preset, model_kind, epochs, batch_size, lr, seed, device,
                         max_packets=max_packets, min_packets=min_packets, resume=resume, cache_dir=cache_dir,
                         no_cache=no_cache, quiet=quiet, n_hidden=n_hidden, manifest=manifest, bin_s=bin_s,
                         n_steps=n_steps, input_value=input_value,
-                        recipe={"augment": {"prefix": 0.5, "drop": 0.1}} if augment else {})
-    with warnings.catch_warnings(record=True) as caught:
+                        recipe=_recipe(augment, weight_decay, label_smoothing))
+    with warnings.catch_warnings(record=True) as caught:  # the leaky-split warning, printed in red below
         warnings.simplefilter("always", LeakySplitWarning)
         summary = train_run(data, out, opts)
     for w in caught:
@@ -87,3 +90,14 @@ def command(data, out, preset, model_kind, epochs, batch_size, lr, seed, device,
             click.secho(f"WARNING: {w.message}", fg="red", err=True)
     if not quiet:
         click.echo(json.dumps(summary, indent=1))
+
+
+def _recipe(augment, weight_decay, label_smoothing) -> dict:
+    r: dict = {}
+    if augment:
+        r["augment"] = {"prefix": 0.5, "drop": 0.1}
+    if weight_decay is not None:
+        r["weight_decay"] = weight_decay
+    if label_smoothing is not None:
+        r["label_smoothing"] = label_smoothing
+    return r

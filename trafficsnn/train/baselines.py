@@ -51,7 +51,9 @@ def mlp_inputs(ds, idx, pool: int, device=None):
     lens = np.diff(ds.ev_off)[idx]
     take = np.concatenate([np.arange(ds.ev_off[i], ds.ev_off[i + 1]) for i in idx]) if idx.size else np.zeros(0, np.int64)
     col = (ds.ev_step[take].astype(np.int64) // pool) * ds.n_inputs + ds.ev_neuron[take].astype(np.int64)
-    val = np.log1p(ds.ev_value[take].astype(np.float32))
+    val = ds.ev_value[take].astype(np.float32)
+    if ds.encoding.get("value", "count") == "count":
+        val = np.log1p(val)                      # log-compress raw counts (log1p inputs already are)
     offsets = np.r_[0, np.cumsum(lens)[:-1]].astype(np.int64)
     t = lambda a, dt: torch.as_tensor(a, dtype=dt, device=device)  # noqa: E731
     return t(col, torch.long), t(offsets, torch.long), t(val, torch.float32)

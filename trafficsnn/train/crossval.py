@@ -98,13 +98,26 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--hidden", type=int, default=None)
     ap.add_argument("--cache-dir", default=None)
+    ap.add_argument("--bin-s", type=float, default=None)
+    ap.add_argument("--input-value", default=None, choices=["count", "log1p"])
+    ap.add_argument("--augment", action="store_true", help="prefix/thinning augmentation (SNN and MLP)")
+    ap.add_argument("--weight-decay", type=float, default=None)
+    ap.add_argument("--label-smoothing", type=float, default=None)
     ap.add_argument("--out", default="crossval.json")
     a = ap.parse_args(argv)
+    recipe: dict = {}
+    if a.augment:
+        recipe["augment"] = {"prefix": 0.5, "drop": 0.1}
+    if a.weight_decay is not None:
+        recipe["weight_decay"] = a.weight_decay
+    if a.label_smoothing is not None:
+        recipe["label_smoothing"] = a.label_smoothing
     results = []
     for mp in a.max_packets.split(","):
         opts = TrainOptions(preset=a.preset, labels_csv=a.labels, session_groups=expand_session_groups(a.session_group),
                             max_packets=None if mp == "all" else int(mp), epochs=a.epochs, cache_dir=a.cache_dir,
-                            quiet=True, device="cpu", n_hidden=a.hidden)
+                            quiet=True, device="cpu", n_hidden=a.hidden, bin_s=a.bin_s, input_value=a.input_value,
+                            recipe=recipe)
         ds = load_samples(a.data, opts)
         res = crossval(ds, opts, a.models.split(","), a.k, [int(s) for s in a.seeds.split(",")],
                        log_path=Path(a.out).with_suffix(".log.jsonl"))
