@@ -8,6 +8,10 @@ innermost IP/L4 headers even through VLAN stacks, MPLS, PPPoE and tunnels
 (IP-in-IP, 6in4, GRE, VXLAN, GTP-U): the flow reported is the inner one, and
 when an inner packet cannot be decoded the outer flow is kept instead.
 
+Ethernet batches first go through ``fastpath.decode_common``: frames with the
+common fixed layout (Ethernet -> IPv4 without options / IPv6 -> TCP/UDP/other)
+are decoded there in one pass, and only the rest take the passes below.
+
 The only per-packet Python work is for IP fragments (rare): a non-first
 fragment carries no L4 header, so it gets the flow (ports, inner addresses)
 of its first fragment from a small bounded state kept across batches.
@@ -19,6 +23,7 @@ from collections import Counter, OrderedDict
 import numpy as np
 
 from .batch import FrameBatch, PacketBatch
+from .fastpath import decode_common
 
 def _table(size: int, fill: int, items: dict[int, int], dtype=np.int8) -> np.ndarray:
     """A lookup table: value -> code, ``fill`` elsewhere."""
@@ -630,10 +635,42 @@ class Decoder:
 
     def decode(self, frames: FrameBatch) -> PacketBatch:
         n = len(frames)
+        fast = decode_common(frames) if n else None
+        if fast is None:
+            return self._decode_general(frames)[0]
+        # the common layout in one pass (fastpath.py); the rest through the general decoder
+        elig, cols = fast
+        st = self.stats
+        ts = np.ascontiguousarray(frames.ts, dtype=np.float64)
+        wire = np.ascontiguousarray(frames.wire_len, dtype=np.uint32)
+        vlan = np.zeros(n, dtype=np.uint16)
+        rest = np.flatnonzero(~elig)
+        n_fast = n - len(rest)
+        st["frames"] += n_fast
+        st["packets"] += n_fast
+        if not len(rest):
+            return PacketBatch(ts=ts, wire_len=wire, vlan=vlan, skipped=0, **cols)
+        sub = FrameBatch(data=frames.data, offset=frames.offset[rest], caplen=frames.caplen[rest],
+                         wire_len=frames.wire_len[rest], ts=frames.ts[rest], linktype=frames.linktype[rest])
+        pb, kept = self._decode_general(sub)
+        rows = rest[kept]
+        if len(rows):
+            for c, a in cols.items():
+                a[rows] = getattr(pb, c)
+            vlan[rows] = pb.vlan
+        keep = elig
+        keep[rows] = True
+        idx = np.flatnonzero(keep)
+        return PacketBatch(ts=ts[idx], wire_len=wire[idx], vlan=vlan[idx], skipped=pb.skipped,
+                           **{c: a[idx] for c, a in cols.items()})
+
+    def _decode_general(self, frames: FrameBatch) -> tuple[PacketBatch, np.ndarray]:
+        """Every layout: the reference decoder. Also returns the kept frames' indices."""
+        n = len(frames)
         st = self.stats
         st["frames"] += n
         if n == 0:
-            return PacketBatch.empty()
+            return PacketBatch.empty(), np.empty(0, dtype=np.int64)
         w = _Work(frames, self)
         w.link(np.asarray(frames.linktype))
         w.run()
@@ -682,7 +719,7 @@ class Decoder:
             src_hi=col(w.src_hi), src_lo=col(w.src_lo), dst_hi=col(w.dst_hi), dst_lo=col(w.dst_lo),
             sport=col(w.sport), dport=col(w.dport), proto=col(w.proto), ip_len=col(w.ip_len),
             wire_len=np.ascontiguousarray(col(frames.wire_len), dtype=np.uint32),
-            tcp_flags=col(w.flags), vlan=col(w.vlan), ip_version=col(w.ver), skipped=skipped)
+            tcp_flags=col(w.flags), vlan=col(w.vlan), ip_version=col(w.ver), skipped=skipped), idx
 
     def _fragments(self, w: _Work, ok: np.ndarray) -> None:
         """Give later fragments the flow of their first fragment (Python loop: fragments only)."""
