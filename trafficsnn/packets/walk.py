@@ -64,9 +64,16 @@ def chain_walk(buf: bytes, rhl: int, order: str, safe: int, lim: int) -> tuple[n
     nxt = cap[ok].astype(np.int64)
     nxt += cand
     nxt += rhl
-    j = np.searchsorted(cand, nxt)
-    np.minimum(j, k - 1, out=j)
+    # index of each target among the guesses: almost always the next guess (few false ones)
+    j = np.arange(1, k + 1, dtype=np.int64)
+    j[-1] = k - 1
     linked = cand[j] == nxt
+    miss = np.flatnonzero(~linked)
+    if len(miss):
+        jm = np.searchsorted(cand, nxt[miss])
+        np.minimum(jm, k - 1, out=jm)
+        j[miss] = jm
+        linked[miss] = cand[jm] == nxt[miss]
     # keep = {0} + targets of kept guesses: start from all targets, prune false chains
     keep = np.zeros(k, dtype=bool)
     keep[j[linked]] = True
