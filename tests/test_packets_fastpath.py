@@ -5,8 +5,10 @@ import struct
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from trafficsnn.packets import PACKET_COLUMNS, Decoder, FrameBatch, open_capture
+from trafficsnn.packets import fastpath
 from trafficsnn.packets.fastpath import decode_common
 
 
@@ -73,7 +75,9 @@ def same(fb: FrameBatch, **kw) -> None:
     assert a.stats == b.stats
 
 
-def test_random_frames_agree_with_the_general_decoder():
+@pytest.mark.parametrize("block", [16384, 37])
+def test_random_frames_agree_with_the_general_decoder(block, monkeypatch):
+    monkeypatch.setattr(fastpath, "BLOCK", block)
     rng = np.random.default_rng(0)
     for _ in range(20):
         fb = batch([frame(rng) for _ in range(400)], rng)
