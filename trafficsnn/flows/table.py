@@ -334,9 +334,21 @@ class FlowTable:
                 start_new[nxt] = True
             fin = ((fl & TCP_FIN) != 0) & is_tcp
             do_fin = bool(fin.any()) or bool((S["fin_a"][gslot[live_g]] | S["fin_b"][gslot[live_g]]).any())
+            if do_fin:
+                # a FIN pair can only end a flow in a key that has FINs from both sides
+                ga = np.logical_or.reduceat(fin & fa, gstart) | (live_g & S["fin_a"][pslot_g])
+                gb = np.logical_or.reduceat(fin & ~fa, gstart) | (live_g & S["fin_b"][pslot_g])
+                do_fin = bool((ga & gb).any())
         else:
             do_fin = False
         act = self.active_timeout
+        if act is not None:
+            # no packet can be an active timeout past the earliest possible flow start: skip it
+            t0 = float(ts.min())
+            if live_g.any():
+                t0 = min(t0, float(S["first_ts"][gslot[live_g]].min()))
+            if float(ts.max()) - t0 <= act:
+                act = None
         if act is not None or do_fin:
             if do_fin:
                 fin_a = (fin & fa).astype(np.int64)
