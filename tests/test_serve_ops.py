@@ -137,3 +137,20 @@ def test_example_config_loads_into_both_commands():
     assert c.params["interface"] == "eth0" and c.params["snaplen"] == 256
     k = classify_cmd.make_context("classify", ["--config", str(example)])
     assert k.params["emit"] == "first" and list(k.params["bind"]) == ["ipc:///run/trafficsnn/updates"]
+
+
+def test_verdict_json_fast_path_matches_to_dict():
+    import json
+
+    from trafficsnn.flows.records import FlowKey
+    from trafficsnn.packets.batch import ip_to_words
+    from trafficsnn.serve.sinks import Verdict
+
+    for lat, fin, ip in ((0.0123456, True, "10.1.2.3"), (None, False, "2001:db8::1")):
+        hi, lo = ip_to_words(ip)
+        v = Verdict(key=FlowKey(3, 17, hi, lo, 5353, *ip_to_words("8.8.8.8"), 53), flow_id=9, sensor='s "1"',
+                    label="VoIP", confidence=0.91234567, probabilities={"VoIP": 0.91234567, "Chat": 1e-9},
+                    packets=12, first_ts=1700000000.123456, verdict_ts=1700000001.5, model_id="m",
+                    model_sha256="ab" * 32, final=fin, reason="idle" if fin else "", steps=4, latency_s=lat)
+        assert json.loads(v.to_json()) == v.to_dict()
+        assert v.to_dict()["flow"]["client"] == ip

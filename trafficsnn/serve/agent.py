@@ -59,6 +59,7 @@ class AgentConfig:
     curve_secret: str | None = None
     curve_server: str | None = None
     read_batch: int = 8192
+    lossless_linger_s: float = 600.0    # lossless: how long closing waits for queued messages to leave
 
     def validate(self) -> None:
         if bool(self.iface) == bool(self.pcap):
@@ -243,8 +244,9 @@ class CaptureAgent:
             self._queue(self.table.flush("eof"), time.time())
         self._send_pending()
         self._send_stats(eos=True)
-        if self.cfg.lossless:
-            self.sock.linger = 10_000
+        if self.cfg.lossless and not self._stop.is_set():
+            # lossless replay: what ZeroMQ accepted must reach the classifier, however far behind it is
+            self.sock.linger = int(self.cfg.lossless_linger_s * 1000)
         self.sock.close()
         if self.metrics is not None:
             self.metrics.close()
@@ -306,19 +308,17 @@ class CaptureAgent:
                 self._housekeeping(time.monotonic())
 
     def _send_stats(self, eos: bool = False) -> None:
+        """Counters to the classifier; the end-of-stream one waits for room in lossless mode."""
         self._msg_seq += 1
+        frames = wire.encode_stats(self.snapshot()["counters"], sensor=self.cfg.sensor, msg_seq=self._msg_seq,
+                                   sent_wall=time.time(), eos=eos)
+        if eos and self.cfg.lossless:
+            self._deliver(frames)
+            return
         try:
-            self.sock.send_multipart(wire.encode_stats(self.snapshot()["counters"], sensor=self.cfg.sensor,
-                                                       msg_seq=self._msg_seq, sent_wall=time.time(), eos=eos),
-                                     flags=zmq.NOBLOCK)
+            self.sock.send_multipart(frames, flags=zmq.NOBLOCK)
         except zmq.Again:
-            if eos and self.cfg.lossless and self.sock.poll(5000, zmq.POLLOUT):
-                try:
-                    self.sock.send_multipart(wire.encode_stats(self.snapshot()["counters"], sensor=self.cfg.sensor,
-                                                               msg_seq=self._msg_seq, sent_wall=time.time(),
-                                                               eos=True), flags=zmq.NOBLOCK)
-                except zmq.Again:
-                    pass
+            pass
 
     # ------------------------------------------------------------- control and counters
     def stop(self) -> None:

@@ -8,10 +8,22 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import IO, Any, Protocol
 
 from ..flows.records import FlowKey
+from ..packets.batch import words_to_ip
+
+
+@lru_cache(maxsize=1 << 16)
+def _ip(hi: int, lo: int) -> str:
+    return words_to_ip(hi, lo)
+
+
+@lru_cache(maxsize=4096)
+def _js(text: str) -> str:
+    return json.dumps(text)
 
 
 @dataclass
@@ -38,8 +50,8 @@ class Verdict:
         d: dict[str, Any] = {
             "sensor": self.sensor,
             "flow_id": self.flow_id,
-            "flow": {"proto": k.proto, "client": k.client_ip, "client_port": k.client_port,
-                     "server": k.server_ip, "server_port": k.server_port, "vlan": k.vlan},
+            "flow": {"proto": k.proto, "client": _ip(k.client_hi, k.client_lo), "client_port": k.client_port,
+                     "server": _ip(k.server_hi, k.server_lo), "server_port": k.server_port, "vlan": k.vlan},
             "class": self.label,
             "confidence": round(self.confidence, 6),
             "probabilities": {c: round(p, 6) for c, p in self.probabilities.items()},
@@ -55,6 +67,21 @@ class Verdict:
             d["latency_ms"] = round(self.latency_s * 1e3, 3)
         d.update(self.extra)
         return d
+
+    def to_json(self) -> str:
+        """``json.dumps(self.to_dict())`` (compact), built directly: the daemon writes many of these."""
+        if self.extra:
+            return json.dumps(self.to_dict(), separators=(",", ":"))
+        k = self.key
+        probs = ",".join(f"{_js(c)}:{round(p, 6)!r}" for c, p in self.probabilities.items())
+        lat = "" if self.latency_s is None else f',"latency_ms":{round(self.latency_s * 1e3, 3)!r}'
+        return (f'{{"sensor":{_js(self.sensor)},"flow_id":{self.flow_id},"flow":{{"proto":{k.proto},'
+                f'"client":"{_ip(k.client_hi, k.client_lo)}","client_port":{k.client_port},'
+                f'"server":"{_ip(k.server_hi, k.server_lo)}","server_port":{k.server_port},"vlan":{k.vlan}}},'
+                f'"class":{_js(self.label)},"confidence":{round(self.confidence, 6)!r},"probabilities":{{{probs}}},'
+                f'"packets":{self.packets},"first_ts":{self.first_ts!r},"verdict_ts":{self.verdict_ts!r},'
+                f'"final":{"true" if self.final else "false"},"reason":{_js(self.reason)},"steps":{self.steps},'
+                f'"model":{{"id":{_js(self.model_id)},"sha256":{_js(self.model_sha256)}}}{lat}}}')
 
 
 class Sink(Protocol):
@@ -74,7 +101,7 @@ class JsonLinesSink:
 
     def write(self, verdicts: list[Verdict]) -> None:
         if verdicts:
-            self._fh.write("".join(json.dumps(v.to_dict(), separators=(",", ":")) + "\n" for v in verdicts))
+            self._fh.write("".join(v.to_json() + "\n" for v in verdicts))
             self.written += len(verdicts)
 
     def flush(self) -> None:
@@ -99,7 +126,7 @@ class PubSink:
     def write(self, verdicts: list[Verdict]) -> None:
         for v in verdicts:
             try:
-                self.sock.send_multipart([v.label.encode(), json.dumps(v.to_dict()).encode()],
+                self.sock.send_multipart([v.label.encode(), v.to_json().encode()],
                                          flags=self._zmq.NOBLOCK)
                 self.written += 1
             except self._zmq.Again:
