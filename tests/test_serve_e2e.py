@@ -231,13 +231,16 @@ def test_sighup_with_corrupt_model_keeps_the_old_one(tmp_path, model_dir):
         while len(_verdicts(out)) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert _verdicts(out)[1]["model"]["sha256"] == sha_new != sha_old
+        cls.send_signal(signal.SIGUSR1)  # counters to the log
+        time.sleep(0.5)
         cls.send_signal(signal.SIGTERM)
         assert cls.wait(timeout=30) == 0
     finally:
         if cls.poll() is None:
             cls.kill()
         note.close()
-    assert "reload refused" in (tmp_path / "cls.err").read_text()
+    err = (tmp_path / "cls.err").read_text()
+    assert "reload refused" in err and "stats {" in err
 
 
 def test_sigterm_drains_queued_updates_and_loses_no_verdict(tmp_path, model_dir):

@@ -154,3 +154,27 @@ def test_verdict_json_fast_path_matches_to_dict():
                     model_sha256="ab" * 32, final=fin, reason="idle" if fin else "", steps=4, latency_s=lat)
         assert json.loads(v.to_json()) == v.to_dict()
         assert v.to_dict()["flow"]["client"] == ip
+
+
+def test_bpf_filter_on_capture_files(tmp_path):
+    pytest.importorskip("scapy")
+    from trafficsnn.packets import open_capture
+    from trafficsnn.serve.bpf import compile_matcher
+
+    try:
+        match = compile_matcher("tcp and dst port 443")
+    except ConfigError as err:
+        pytest.skip(f"libpcap unavailable: {err}")
+    pcap = tmp_path / "f.pcap"
+    write_demo_pcap(pcap, n_flows=10, packets_per_flow=10, duration=2.0, seed=3, tcp_fraction=0.5)
+    kept = total = 0
+    for fb in open_capture(pcap):
+        total += len(fb)
+        out = match(fb)
+        kept += len(out)
+        for i in range(len(out)):
+            frame = out.data[out.offset[i]:out.offset[i] + out.caplen[i]]
+            assert frame[23] == 6 and int(frame[36]) << 8 | int(frame[37]) == 443
+    assert 0 < kept < total
+    with pytest.raises(ConfigError):
+        compile_matcher("tcp and and port")

@@ -464,27 +464,33 @@ class StreamingClassifier:
         if not go.any():
             return []
         now = time.time() if now is None else now
-        out = []
         classes = h.classes
-        walls = keys["wall"]
-        reasons = keys["reason"]
-        steps_seen = self.steps_done
-        for j in np.flatnonzero(go).tolist():
-            s = int(cand[j])
-            i = int(li[j])
-            r = keys[i]
-            fk = _flow_key(r)
-            c = int(label[j])
-            w = float(walls[i])
-            out.append(Verdict(
-                key=fk, flow_id=int(r["flow_id"]), sensor=sensors[i], label=classes[c],
-                confidence=float(conf[j]), probabilities=dict(zip(classes, probs[j].tolist())),
-                packets=int(self.packets[s]), first_ts=float(self.start_ts[s]), verdict_ts=now,
-                model_id=h.model_id, model_sha256=h.sha256, final=bool(is_final[j]),
-                reason=REASONS[int(reasons[i])], steps=int(steps_seen[s]),
-                latency_s=(now - w) if w > 0 else None))
-            self.emitted[s] = True
-            self.verdicts_by_class[classes[c]] += 1
+        j = np.flatnonzero(go)
+        sl, ui = cand[j], li[j]
+        r = keys[ui]
+        # columns as Python lists once, then one object per verdict
+        kcols = [r[f].tolist() for f in ("vlan", "proto", "client_hi", "client_lo", "client_port",
+                                          "server_hi", "server_lo", "server_port")]
+        fids = r["flow_id"].tolist()
+        walls = r["wall"].tolist()
+        reasons = r["reason"].tolist()
+        labels = label[j].tolist()
+        confs = conf[j].tolist()
+        prob_rows = probs[j].tolist()
+        finals = is_final[j].tolist()
+        pk = self.packets[sl].tolist()
+        st0 = self.start_ts[sl].tolist()
+        steps = self.steps_done[sl].tolist()
+        sens = [sensors[i] for i in ui.tolist()]
+        mid, sha = h.model_id, h.sha256
+        out = [Verdict(key=FlowKey(*kc), flow_id=fids[n], sensor=sens[n], label=classes[labels[n]],
+                       confidence=confs[n], probabilities=dict(zip(classes, prob_rows[n])), packets=pk[n],
+                       first_ts=st0[n], verdict_ts=now, model_id=mid, model_sha256=sha, final=finals[n],
+                       reason=REASONS[reasons[n]], steps=steps[n],
+                       latency_s=(now - walls[n]) if walls[n] > 0 else None)
+               for n, kc in enumerate(zip(*kcols))]
+        self.emitted[sl] = True
+        self.verdicts_by_class.update(classes[c] for c in labels)
         self.counters["verdicts"] += len(out)
         return out
 
