@@ -178,3 +178,20 @@ def test_bpf_filter_on_capture_files(tmp_path):
     assert 0 < kept < total
     with pytest.raises(ConfigError):
         compile_matcher("tcp and and port")
+
+
+def test_agent_prometheus_names(tmp_path):
+    from prometheus_client import generate_latest
+
+    from trafficsnn.serve.metrics import Metrics
+
+    pcap = tmp_path / "a.pcap"
+    write_demo_pcap(pcap, n_flows=3, packets_per_flow=5, duration=1.0, seed=1)
+    ctx = zmq.Context()
+    a = CaptureAgent(AgentConfig(pcap=(str(pcap),), connect=("inproc://nobody",), stats_interval=0), ctx=ctx)
+    a.run()
+    text = generate_latest(Metrics(a.prometheus_snapshot).registry).decode()
+    ctx.term()
+    assert "trafficsnn_capture_packets_total 15.0" in text
+    assert "trafficsnn_capture_updates_dropped_total" in text  # nobody listening: counted, not blocked
+    assert 'trafficsnn_capture_decode_total{outcome="non_ip"} 0.0' in text

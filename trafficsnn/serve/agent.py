@@ -203,7 +203,7 @@ class CaptureAgent:
         if cfg.metrics_port:
             from .metrics import Metrics
 
-            self.metrics = Metrics(self.snapshot)
+            self.metrics = Metrics(self.prometheus_snapshot)
             self.metrics.serve(cfg.metrics_port, cfg.metrics_addr)
         last_stats = last_clock = time.monotonic()
         try:
@@ -347,6 +347,18 @@ class CaptureAgent:
         if dec is not None:
             c["decode"] = {k: v for k, v in dec.stats.items() if isinstance(v, (int, float))}
         return {"counters": c, "gauges": gauges}
+
+    def prometheus_snapshot(self) -> dict[str, Any]:
+        snap = self.snapshot()
+        counters: dict[str, Any] = {}
+        for k, v in snap["counters"].items():
+            if k == "decode":
+                counters["capture_decode_total"] = {**{n: x for n, x in v.items()}, "_label": "outcome"}
+            elif k != "pending_updates":
+                counters[f"capture_{k}_total"] = v
+        gauges = {f"capture_{k}": v for k, v in snap["gauges"].items()}
+        gauges["capture_pending_updates"] = snap["counters"]["pending_updates"]
+        return {"counters": counters, "gauges": gauges}
 
     def status_line(self) -> str:
         c = self.counters
