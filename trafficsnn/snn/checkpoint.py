@@ -51,11 +51,21 @@ class LoadedModel:
 
 
 def default_model_path() -> Path:
-    """$TRAFFICSNN_MODEL if set, else the repository's shipped ``models/ndpi6-snn/``."""
+    """$TRAFFICSNN_MODEL if set, else the shipped ``models/ndpi6-snn/``.
+
+    A source checkout (or editable install) has it in the repository's ``models/``; a
+    regular install puts the same files under ``<prefix>/share/trafficsnn/models/``.
+    """
+    import sys
+
     env = os.environ.get("TRAFFICSNN_MODEL")
     if env:
         return Path(env).expanduser()
-    return Path(__file__).resolve().parents[2] / "models" / "ndpi6-snn"
+    repo = Path(__file__).resolve().parents[2] / "models" / "ndpi6-snn"
+    installed = Path(sys.prefix) / "share" / "trafficsnn" / "models" / "ndpi6-snn"
+    if not repo.is_dir() and installed.is_dir():
+        return installed
+    return repo
 
 
 def _sha256(path: Path) -> str:
