@@ -10,6 +10,11 @@ import click
 
 from ..errors import ConfigError
 
+# extraction never calls BLAS: keep OpenBLAS from starting (and spinning) a thread per core
+# when numpy is first imported by this command
+for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_v, "1")
+
 
 def _timeout(value: float | None) -> float | None:
     return None if value is None or value <= 0 else value

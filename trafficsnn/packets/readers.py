@@ -191,6 +191,7 @@ class CaptureReader:
         u32 = struct.Struct(order + "I").unpack_from
         base = 24               # file offset of buf[0]
         buf = np.empty(0, dtype=np.uint8)
+        scratch = np.empty(0, dtype=np.bool_)     # reused by the vectorised walk
         eof = False
         want = self.chunk_size
         while True:
@@ -203,7 +204,9 @@ class CaptureReader:
             # jump is computed here (vectorised when provable, see walk.py); caplens are
             # validated below, vectorised
             safe = end - rhl - lim
-            o_fast, p = walk(buf, rhl, order, safe, lim)
+            if len(scratch) < end:
+                scratch = np.empty(end, dtype=np.bool_)
+            o_fast, p = walk(buf, rhl, order, safe, lim, scratch)
             offs: list[int] = []
             ap = offs.append
             # careful walk near the end (skipped if a bogus caplen jumped past it)

@@ -37,13 +37,16 @@ def python_walk(buf: bytes, rhl: int, order: str, safe: int, start: int = 0) -> 
     return offs, p
 
 
-def chain_walk(buf: bytes, rhl: int, order: str, safe: int, lim: int) -> tuple[np.ndarray, int] | None:
+def chain_walk(buf: bytes, rhl: int, order: str, safe: int, lim: int,
+               scratch: np.ndarray | None = None) -> tuple[np.ndarray, int] | None:
     """A prefix of the offsets ``python_walk(buf, rhl, order, safe)`` visits, as an int64 array,
     and the offset of the record after it (continue the walk there), or ``None``.
 
     The prefix is proven: it starts at 0 and every offset is the one its predecessor's caplen
     points at. It stops early only where a record is not among the guesses (a caplen above
     ``lim``, a timestamp whose top byte differs) or a false guess could not be pruned.
+    ``scratch``: a reusable bool array of at least ``len(buf)`` (a fresh chunk-sized temporary
+    per call costs more in page zeroing than the comparison itself).
     """
     n = len(buf)
     if safe < 0 or n < rhl or n < 16:
@@ -51,7 +54,9 @@ def chain_walk(buf: bytes, rhl: int, order: str, safe: int, lim: int) -> tuple[n
     d = np.frombuffer(buf, dtype=np.uint8)
     hi = 3 if order == "<" else 0            # most significant byte of ts_sec
     m = min(safe + 1, n - 15)                # guesses: offsets 0..m-1, all 16 header bytes inside
-    cand = np.flatnonzero(d[hi:hi + m] == d[hi])
+    eq = scratch[:m] if scratch is not None and len(scratch) >= m else np.empty(m, dtype=np.bool_)
+    np.equal(d[hi:hi + m], d[hi], out=eq)
+    cand = np.flatnonzero(eq)
     if len(cand) > n // rhl + 1:             # more guesses than records can fit: degenerate data
         return None
     win = np.ndarray(shape=(n - 15,), dtype=np.dtype((np.void, 16)), buffer=d, strides=(1,))
@@ -97,12 +102,13 @@ def chain_walk(buf: bytes, rhl: int, order: str, safe: int, lim: int) -> tuple[n
     return cand[kept], int(nxt[kept[-1]])
 
 
-def walk(buf: bytes, rhl: int, order: str, safe: int, lim: int) -> tuple[np.ndarray, int]:
+def walk(buf: bytes, rhl: int, order: str, safe: int, lim: int,
+         scratch: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """Record offsets (int64 array) visited while <= ``safe`` and the stop offset: a proven
     vectorised prefix where possible, the Python loop for the rest. Always exactly the
     sequential walk's result."""
     if safe >= MIN_VECTOR_BYTES:
-        r = chain_walk(buf, rhl, order, safe, lim)
+        r = chain_walk(buf, rhl, order, safe, lim, scratch)
         if r is not None:
             pre, p = r
             if p > safe:
