@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import sys
 import zlib
 from collections import Counter
 from typing import BinaryIO, Iterator
@@ -57,22 +58,41 @@ def _read_fully(f: BinaryIO, n: int) -> bytes:
     return b"".join(parts)
 
 
-def _read_after(f: BinaryIO, tail: np.ndarray, n: int) -> tuple[np.ndarray, int]:
-    """``tail`` followed by up to ``n`` more bytes of ``f`` in one fresh array, and how many came.
+def _read_after(f: BinaryIO, tail: np.ndarray, n: int, pool: list[np.ndarray] | None = None
+                ) -> tuple[np.ndarray, int]:
+    """``tail`` followed by up to ``n`` more bytes of ``f`` in one array, and how many came.
 
     Reading straight into the array (``readinto``) avoids two copies of every chunk
-    (bytes concatenation, then the tail slice) that a ``bytes`` buffer costs.
+    (bytes concatenation, then the tail slice) that a ``bytes`` buffer costs. With a
+    ``pool``, an array of an earlier chunk is reused once nothing references it any more
+    (no batch, view or tail of it is alive): a fresh chunk-sized array costs page faults
+    and zeroing by the kernel on every chunk. Arrays still referenced are never reused.
     """
     nt = len(tail)
-    arr = np.empty(nt + n, dtype=np.uint8)
+    need = nt + n
+    arr = None
+    if pool is not None:
+        for a in pool:
+            # references: the pool's list, the loop variable, getrefcount's argument
+            if len(a) >= need and sys.getrefcount(a) <= 3:
+                arr = a
+                break
+        a = None
+    if arr is None:
+        arr = np.empty(need + (1 << 20 if pool is not None else 0), dtype=np.uint8)
+        if pool is not None:
+            pool.append(arr)
+            if len(pool) > 3:
+                del pool[0]
     arr[:nt] = tail
     mv = memoryview(arr)
     got = 0
     while got < n:
-        k = f.readinto(mv[nt + got:])
+        k = f.readinto(mv[nt + got:need])
         if not k:
             break
         got += k
+    mv.release()
     return arr[:nt + got], got
 
 
@@ -192,11 +212,12 @@ class CaptureReader:
         base = 24               # file offset of buf[0]
         buf = np.empty(0, dtype=np.uint8)
         scratch = np.empty(0, dtype=np.bool_)     # reused by the vectorised walk
+        pool: list[np.ndarray] = []               # chunk arrays, reused once released
         eof = False
         want = self.chunk_size
         while True:
             if not eof:
-                buf, got = _read_after(f, buf, want)
+                buf, got = _read_after(f, buf, want, pool)
                 eof = got < want
             end = len(buf)
             bad = None
@@ -205,7 +226,7 @@ class CaptureReader:
             # validated below, vectorised
             safe = end - rhl - lim
             if len(scratch) < end:
-                scratch = np.empty(end, dtype=np.bool_)
+                scratch = np.empty(end + (1 << 20), dtype=np.bool_)
             o_fast, p = walk(buf, rhl, order, safe, lim, scratch)
             offs: list[int] = []
             ap = offs.append
