@@ -150,3 +150,25 @@ def test_shared_ndpi_captures(shared_data: Path):
         n_vector += r is not None and len(r[0]) == len(exp)
     assert n_files > 10
     assert n_vector >= n_files // 2
+
+
+def test_reused_chunk_arrays_never_change_batches_still_held(tmp_path):
+    """The reader recycles a chunk's array only once no batch references it."""
+    rng = np.random.default_rng(5)
+    caps = rng.integers(14, 97, 30000)
+    f = tmp_path / "x.pcap"
+    f.write_bytes(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 96, 1) + records(caps, rng=rng))
+
+    def frame_bytes(fb):
+        return [bytes(fb.data[o:o + c]) for o, c in zip(fb.offset.tolist(), fb.caplen.tolist())]
+
+    streamed = []
+    r = open_capture(f, batch_size=1000)
+    r.chunk_size = 1 << 16
+    for fb in r:                                  # batches dropped as we go: arrays get reused
+        streamed += frame_bytes(fb)
+    r = open_capture(f, batch_size=1000)
+    r.chunk_size = 1 << 16
+    held = list(r)                                # all batches alive: nothing may be reused
+    kept = [b for fb in held for b in frame_bytes(fb)]
+    assert streamed == kept and len(kept) == 30000
