@@ -78,3 +78,28 @@ def test_bad_model_dir_is_a_clean_error(data, tmp_path):
     with pytest.raises(SystemExit) as e:
         main(["evaluate", str(tmp_path), str(data), "--out", str(tmp_path / "r")])
     assert e.value.code == 2
+
+
+def test_iscx_layout_reports_paper_subtasks(data, tmp_path):
+    import shutil
+
+    root = tmp_path / "iscx"
+    names = {"Chat": ("NonVPN-PCAPs/skype_chat{}a.pcap", "VPN-PCAPS/vpn_icq_chat{}a.pcap"),
+             "VoIP": ("NonVPN-PCAPs/voipbuster{}b.pcapng", "Tor/VOIP_Skype_Voice_Gateway{}.pcap"),
+             "Video": ("NonVPN-PCAPs/youtube{}.pcap", "VPN-PCAPS/vpn_vimeo_{}.pcap")}
+    for cls, pats in names.items():
+        for i, src in enumerate(sorted((data / cls).glob("*.pcap"))):
+            dst = root / pats[i % 2].format(i)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, dst)
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    _run(["train", str(root), "--out", str(tmp_path / "m"), "--model", "gbt", "--fractions", "0.5", "0.0", "0.5",
+          *cache, "--quiet"])
+    spec = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert len(spec["classes"]) == 14 and spec["classes"][0] == "Video_nonVPN"
+    _run(["evaluate", str(tmp_path / "m"), str(root), "--out", str(tmp_path / "r"), *cache, "--quiet"])
+    rep = json.loads((tmp_path / "r" / "report.json").read_text())
+    ps = rep["paper_subtasks"]
+    assert set(ps["per_encryption"]) == {"nonVPN", "Tor", "VPN"}
+    assert ps["encryption"]["n"] == rep["n"]
+    assert "Paper sub-tasks" in (tmp_path / "r" / "report.md").read_text()

@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from .datasets import SampleSet
-from .metrics import macro_f1
+from .metrics import confusion, macro_f1, scores_from_confusion
 from .runner import TrainOptions, fit_predictor
 from .splits import grouped_kfold, grouped_split
 
@@ -31,7 +31,8 @@ def crossval(
     res: dict = {"k": k, "seeds": list(seeds), "models": {}, "n": len(ds), "classes": ds.classes,
                  "max_packets": opts.max_packets, "preset": opts.preset}
     for m in models:
-        res["models"][m] = {"seed_macro_f1": [], "seed_macro_f1_cap20": [], "fold_macro_f1": [], "seconds": 0.0}
+        res["models"][m] = {"seed_macro_f1": [], "seed_macro_f1_cap20": [], "fold_macro_f1": [], "seconds": 0.0,
+                            "confusion_sum": np.zeros((n_cls, n_cls), np.int64)}
     for seed in seeds:
         folds = grouped_kfold(ds.capture, ds.y, k, seed, opts.session_groups)
         oof = {m: np.full(len(ds), -1, np.int64) for m in models}
@@ -58,9 +59,13 @@ def crossval(
                                              "macro_f1": f1, "n_test": len(test)}) + "\n")
         for m in models:
             res["models"][m]["seed_macro_f1"].append(macro_f1(ds.y, oof[m], n_cls))
+            res["models"][m]["confusion_sum"] += confusion(ds.y, oof[m], n_cls)
             c = ds.cap20
             res["models"][m]["seed_macro_f1_cap20"].append(macro_f1(ds.y[c], oof[m][c], n_cls))
     for m, r in res["models"].items():
+        sc = scores_from_confusion(r["confusion_sum"], ds.classes)
+        r["per_class_f1_pooled_over_seeds"] = {k: v["f1"] for k, v in sc["per_class"].items()}
+        r["confusion_sum"] = {"orientation": "C[true, pred], summed over seeds", "matrix": r["confusion_sum"].tolist()}
         for key in ("seed_macro_f1", "seed_macro_f1_cap20", "fold_macro_f1"):
             v = np.asarray(r[key])
             r[key.replace("seed_", "") + "_mean"] = float(v.mean())
@@ -96,6 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-packets", default="all", help="comma-separated: all,10,30")
     ap.add_argument("--session-group", action="append", default=["ndpi"])
     ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--hidden", type=int, default=None)
     ap.add_argument("--cache-dir", default=None)
     ap.add_argument("--bin-s", type=float, default=None)
@@ -115,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     results = []
     for mp in a.max_packets.split(","):
         opts = TrainOptions(preset=a.preset, labels_csv=a.labels, session_groups=expand_session_groups(a.session_group),
-                            max_packets=None if mp == "all" else int(mp), epochs=a.epochs, cache_dir=a.cache_dir,
+                            max_packets=None if mp == "all" else int(mp), epochs=a.epochs, batch_size=a.batch_size, cache_dir=a.cache_dir,
                             quiet=True, device="cpu", n_hidden=a.hidden, bin_s=a.bin_s, input_value=a.input_value,
                             recipe=recipe)
         ds = load_samples(a.data, opts)
