@@ -82,7 +82,8 @@ class CaptureAgent:
     def __init__(self, cfg: AgentConfig, ctx: zmq.Context | None = None):
         cfg.validate()
         self.cfg = cfg
-        self.ctx = ctx or zmq.Context.instance()
+        self._own_ctx = ctx is None
+        self.ctx = ctx or zmq.Context()
         self._stop = threading.Event()
         self._dump = threading.Event()
         self.notifier = Notifier()
@@ -206,6 +207,8 @@ class CaptureAgent:
             self.metrics = Metrics(self.prometheus_snapshot)
             self.metrics.serve(cfg.metrics_port, cfg.metrics_addr)
         last_stats = last_clock = time.monotonic()
+        last_rec = -np.inf
+        tick = min(cfg.window or 1.0, 1.0)  # how often the clock alone is allowed to close windows
         try:
             for fb in self._frames():
                 now = time.monotonic()
@@ -216,10 +219,15 @@ class CaptureAgent:
                     self.counters["packets"] += len(pb)
                     self.counters["non_ip"] += int(pb.skipped)
                     self._queue(self.table.add(pb), wall)
-                if cfg.iface and (not len(fb) or now - last_clock >= 1.0):
+                if cfg.iface and (not len(fb) or now - last_clock >= tick):
                     # a quiet link still moves the clock: idle flows end, due windows go out
                     self._queue(self.table.advance(wall), wall)
                     last_clock = now
+                elif not cfg.iface and self.table.clock - last_rec >= tick:
+                    # files: windows of flows that got no packet in this batch are over by the
+                    # recorded clock too (add() only looks at the flows it touched)
+                    self._queue(self.table.advance(self.table.clock), wall)
+                    last_rec = self.table.clock
                 self._maybe_send(now)
                 if cfg.stats_interval and now - last_stats >= cfg.stats_interval:
                     self._send_stats()
@@ -247,7 +255,11 @@ class CaptureAgent:
         if self.cfg.lossless and not self._stop.is_set():
             # lossless replay: what ZeroMQ accepted must reach the classifier, however far behind it is
             self.sock.linger = int(self.cfg.lossless_linger_s * 1000)
+        else:
+            self.sock.linger = 2000  # give what is queued a moment to leave
         self.sock.close()
+        if self._own_ctx:
+            self.ctx.term()  # waits (up to the linger) until queued messages have left the process
         if self.metrics is not None:
             self.metrics.close()
 
