@@ -108,6 +108,12 @@ def test_state_is_bounded_lru_and_counted(handle):
     key, ts, size, d = _flow(rng, 0, 4, 2.0)
     eng.process([wire.decode(wire.encode_updates(_updates(key, 0, ts, size, d, [2])[1:]))])
     assert eng.drops["flow_start_missed"] == 1
+    # the empty final word of an evicted flow costs no state (and evicts nobody)
+    before = eng.counters["state_evicted"]
+    end = FlowUpdate(flow_id=5, key=key, start_ts=1000.0, seq=4, ts=ts[:0], size=size[:0], direction=d[:0],
+                     final=True, reason="idle")
+    assert eng.process([wire.decode(wire.encode_updates([end]))]) == []
+    assert eng.drops["final_without_state"] == 1 and eng.counters["state_evicted"] == before
 
 
 def test_policy_first_and_gaps(handle):

@@ -230,7 +230,8 @@ class StreamingClassifier:
         return self._n_index
 
     # ------------------------------------------------------------- the batch
-    def _slots_of(self, batches: Sequence[UpdateBatch], keys: np.ndarray, seq: np.ndarray) -> np.ndarray:
+    def _slots_of(self, batches: Sequence[UpdateBatch], keys: np.ndarray, seq: np.ndarray,
+                  lens: np.ndarray) -> np.ndarray:
         """Slot of each update; new flows get one (dict lookups at C speed; Python work only per new flow)."""
         parts, sens = [], []
         for b in batches:
@@ -246,6 +247,7 @@ class StreamingClassifier:
         if not len(need):
             return slots
         fids = keys["flow_id"]
+        final = keys["final"]
         restarted = False
         new_flows = missing = 0
         for i in need.tolist():
@@ -254,6 +256,9 @@ class StreamingClassifier:
             s = d.get(fid)
             if s is not None and q != 0:
                 slots[i] = s  # its first update came earlier in this batch
+                continue
+            if s is None and q != 0 and final[i] and lens[i] == 0:
+                slots[i] = -2  # the empty last word of a flow whose state is gone: nothing to classify
                 continue
             if s is not None:  # seq 0 for a known id: a restarted sensor reuses flow ids
                 self._release(np.array([s]))
@@ -278,7 +283,8 @@ class StreamingClassifier:
             self.drops["flow_start_missed"] += missing
         if restarted:  # later updates of a re-started id must point at its new slot
             for i in range(len(slots)):
-                slots[i] = self._index[sens[i]][int(fids[i])]
+                if slots[i] != -2:
+                    slots[i] = self._index[sens[i]][int(fids[i])]
         return slots
 
     def process(self, batches: Sequence[UpdateBatch], now: float | None = None) -> list[Verdict]:
@@ -304,7 +310,16 @@ class StreamingClassifier:
         self.counters["messages"] += len(batches)
         seq = keys["seq"].astype(np.int64)
 
-        slots = self._slots_of(batches, keys, seq)
+        slots = self._slots_of(batches, keys, seq, lens)
+        skip = slots == -2
+        if skip.any():
+            self.drops["final_without_state"] += int(skip.sum())
+            kept = ~skip
+            keys, lens, seq, slots = keys[kept], lens[kept], seq[kept], slots[kept]
+            sensors = [x for x, k in zip(sensors, kept.tolist()) if k]
+            nu = len(keys)
+            if not nu:
+                return []
         self.rec[slots] = keys
         # unique flows of the batch and the index of each one's last update
         rev_u, rev_i = np.unique(slots[::-1], return_index=True)
