@@ -24,7 +24,7 @@ from ..errors import CaptureError
 from .batch import FrameBatch
 from .walk import walk
 
-CHUNK = 16 << 20            # bytes read per step: memory stays bounded by a few chunks
+CHUNK = 4 << 20             # bytes read per step: memory stays bounded by a few chunks (and they stay in cache)
 MAX_CAPLEN = 1 << 18        # libpcap's/Wireshark's largest normal snapshot length (256 KiB)
 ABSURD_BLOCK = 64 << 20     # a pcapng block longer than this is corrupt, not data
 
