@@ -73,12 +73,12 @@ class Verdict:
         if self.extra:
             return json.dumps(self.to_dict(), separators=(",", ":"))
         k = self.key
-        probs = ",".join(f"{_js(c)}:{round(p, 6)!r}" for c, p in self.probabilities.items())
+        probs = ",".join([f"{_js(c)}:{p:.6f}" for c, p in self.probabilities.items()])
         lat = "" if self.latency_s is None else f',"latency_ms":{round(self.latency_s * 1e3, 3)!r}'
         return (f'{{"sensor":{_js(self.sensor)},"flow_id":{self.flow_id},"flow":{{"proto":{k.proto},'
                 f'"client":"{_ip(k.client_hi, k.client_lo)}","client_port":{k.client_port},'
                 f'"server":"{_ip(k.server_hi, k.server_lo)}","server_port":{k.server_port},"vlan":{k.vlan}}},'
-                f'"class":{_js(self.label)},"confidence":{round(self.confidence, 6)!r},"probabilities":{{{probs}}},'
+                f'"class":{_js(self.label)},"confidence":{self.confidence:.6f},"probabilities":{{{probs}}},'
                 f'"packets":{self.packets},"first_ts":{self.first_ts!r},"verdict_ts":{self.verdict_ts!r},'
                 f'"final":{"true" if self.final else "false"},"reason":{_js(self.reason)},"steps":{self.steps},'
                 f'"model":{{"id":{_js(self.model_id)},"sha256":{_js(self.model_sha256)}}}{lat}}}')
