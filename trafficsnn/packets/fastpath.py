@@ -24,7 +24,7 @@ _MAPPED = np.uint64(0xFFFF_0000_0000)
 _PORTED = np.zeros(256, dtype=np.bool_)
 _PORTED[[6, 17]] = True
 # L4 header bytes the IP datagram must hold for ports to be read (TCP 20, UDP 8)
-_HMIN = np.zeros(256, dtype=np.int64)
+_HMIN = np.zeros(256, dtype=np.int32)
 _HMIN[6], _HMIN[17] = 20, 8
 # protocols the general decoder treats specially (extension headers, AH, fragments, tunnels)
 _SPECIAL = np.zeros(256, dtype=np.bool_)
@@ -62,50 +62,79 @@ def decode_common(fb: FrameBatch) -> tuple[np.ndarray, dict[str, np.ndarray]] | 
 
 def _block(m: np.ndarray, caplen: np.ndarray, wire: np.ndarray, elig: np.ndarray,
            out: dict[str, np.ndarray]) -> None:
-    """Decode one block: ``m`` holds the first WINDOW bytes of each frame; writes into the views."""
-    cap = caplen.astype(np.int64)
+    """Decode one block: ``m`` holds the first WINDOW bytes of each frame; writes into the views.
+
+    Every row is first read as IPv4 (no per-row layout selects); the IPv6 rows are then
+    decoded apart and written over their rows.
+    """
+    w3 = m.view("<u4")[:, 3]                        # bytes 12..15: ethertype, version+IHL, TOS
+    i6 = np.flatnonzero((w3 & 0x00F0FFFF) == 0x0060DD86)      # 86 DD 6x: IPv6
+    _ipv4(m, caplen, wire, (w3 & 0x00FFFFFF) == 0x00450008, elig, out)   # 08 00 45: IPv4, IHL 5
+    if len(i6):
+        e6 = np.empty(len(i6), np.bool_)
+        o6 = {k: np.empty(len(i6), v.dtype) for k, v in out.items()}
+        _ipv6(m[i6], caplen[i6], wire[i6], e6, o6)
+        elig[i6] = e6
+        for k, v in o6.items():
+            out[k][i6] = v
+
+
+def _ipv4(m: np.ndarray, caplen: np.ndarray, wire: np.ndarray, is4: np.ndarray, elig: np.ndarray,
+          out: dict[str, np.ndarray]) -> None:
+    cap = caplen.astype(np.int32)
     whole = caplen >= wire
-    b14 = m[:, 14]
-    is4 = (m[:, 12] == 0x08) & (m[:, 13] == 0x00) & (b14 == 0x45)
-    is6 = (m[:, 12] == 0x86) & (m[:, 13] == 0xDD) & ((b14 >> 4) == 6)
-    # IP length fields: IPv4 total length at 16, IPv6 payload length at 18
-    w16 = m[:, 16:20].copy().view(">u2")
-    tot = w16[:, 0].astype(np.int64)
-    plen = w16[:, 1].astype(np.int64)
-    proto = np.where(is6, m[:, 20], m[:, 23])
-    # IPv4: header inside the frame, not a fragment (MF clear, offset 0), not TSO (length 0),
-    # and a whole frame must hold the datagram (else the general decoder calls it malformed)
-    ok4 = (is4 & (cap >= 34) & ((m[:, 20] & 0x3F) == 0) & (m[:, 21] == 0) & (tot > 0)
-           & ~(whole & (14 + tot > cap)))
-    ok6 = is6 & (cap >= 54) & ~(whole & (54 + plen > cap))
-    ok = (ok4 | ok6) & ~_SPECIAL[proto]
-    l4 = np.where(is6, 54, 34)                      # L4 header offset in the frame
-    ipend = np.where(is6, np.where(plen > 0, 54 + plen, cap), 14 + tot)
-    pok = _PORTED[proto] & (l4 + 4 <= cap) & (l4 + _HMIN[proto] <= ipend)
-    p4 = m[:, 34:38].copy().view(">u2")
-    p6 = m[:, 54:58].copy().view(">u2")
-    sport = np.where(is6, p6[:, 0], p4[:, 0])
-    dport = np.where(is6, p6[:, 1], p4[:, 1])
-    sport[~pok] = 0
-    dport[~pok] = 0
+    tot = m[:, 16:18].copy().view(">u2")[:, 0].astype(np.int32)
+    proto = m[:, 23]
+    # header inside the frame, not a fragment (bytes 20-21: MF clear, offset 0), not TSO (length
+    # 0), and a whole frame must hold the datagram (else the general decoder calls it malformed)
+    ipend = tot + 14
+    ok = (is4 & ((m.view("<u4")[:, 5] & 0xFF3F) == 0) & (tot > 0) & (cap >= 34)
+          & ~(whole & (ipend > cap)) & ~_SPECIAL[proto])
+    _ports_flags(m, cap, proto, ipend, 34, ok, out)
+    a = m[:, 26:34].copy().view(">u4")
+    np.bitwise_or(a[:, 0], _MAPPED, out=out["src_lo"])
+    np.bitwise_or(a[:, 1], _MAPPED, out=out["dst_lo"])
+    out["src_hi"][:] = 0
+    out["dst_hi"][:] = 0
+    out["proto"][:] = proto
+    out["ip_len"][:] = tot
+    out["ip_version"][:] = 4
+    elig[:] = ok
+
+
+def _ipv6(m: np.ndarray, caplen: np.ndarray, wire: np.ndarray, elig: np.ndarray,
+          out: dict[str, np.ndarray]) -> None:
+    cap = caplen.astype(np.int32)
+    whole = caplen >= wire
+    plen = m[:, 18:20].copy().view(">u2")[:, 0].astype(np.int32)
+    proto = m[:, 20]
+    ok = (cap >= 54) & ~(whole & (plen + 54 > cap)) & ~_SPECIAL[proto]
+    ipend = np.where(plen > 0, plen + 54, cap)      # payload length 0: a jumbogram, to the frame end
+    _ports_flags(m, cap, proto, ipend, 54, ok, out)
+    a = m[:, 22:54].copy().view(">u8")
+    out["src_hi"][:] = a[:, 0]
+    out["src_lo"][:] = a[:, 1]
+    out["dst_hi"][:] = a[:, 2]
+    out["dst_lo"][:] = a[:, 3]
+    out["proto"][:] = proto
+    out["ip_len"][:] = plen + 40
+    out["ip_version"][:] = 6
+    elig[:] = ok
+
+
+def _ports_flags(m: np.ndarray, cap: np.ndarray, proto: np.ndarray, ipend: np.ndarray, l4: int,
+                 ok: np.ndarray, out: dict[str, np.ndarray]) -> None:
+    """TCP/UDP ports (when the datagram holds the L4 header), TCP flags, UDP tunnels left out."""
+    pok = _PORTED[proto] & (cap >= l4 + 4) & (_HMIN[proto] + l4 <= ipend)
+    pp = m[:, l4:l4 + 4].copy().view(">u2")
+    sport, dport = out["sport"], out["dport"]
+    sport[:] = pp[:, 0]
+    dport[:] = pp[:, 1]
+    npok = ~pok
+    sport[npok] = 0
+    dport[npok] = 0
     udp = pok & (proto == 17)
     if udp.any():
         ok &= ~(udp & (_UDP_TUNNEL[sport] | _UDP_TUNNEL[dport]))
-    tcpf = pok & (proto == 6) & (l4 + 14 <= cap)
-    flags = np.where(is6, m[:, 67], m[:, 47])
-    flags[~tcpf] = 0
-    ad = m[:, 22:54].copy()                         # IPv6 src+dst; IPv4 src+dst at bytes 4..11
-    a8 = ad.view(">u8")
-    a4 = ad.view(">u4")
-    out["src_lo"][:] = np.where(is6, a8[:, 1], a4[:, 1].astype(np.uint64) | _MAPPED)
-    out["dst_lo"][:] = np.where(is6, a8[:, 3], a4[:, 2].astype(np.uint64) | _MAPPED)
-    zero = np.uint64(0)
-    out["src_hi"][:] = np.where(is6, a8[:, 0], zero)
-    out["dst_hi"][:] = np.where(is6, a8[:, 2], zero)
-    out["sport"][:] = sport
-    out["dport"][:] = dport
-    out["proto"][:] = proto
-    out["ip_len"][:] = np.where(is6, plen + 40, tot)
-    out["tcp_flags"][:] = flags
-    out["ip_version"][:] = np.where(is6, 6, 4)
-    elig[:] = ok
+    tcpf = pok & (proto == 6) & (cap >= l4 + 14)
+    np.multiply(m[:, l4 + 13], tcpf, out=out["tcp_flags"])
