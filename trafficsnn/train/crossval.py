@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> None:
     results = []
     for mp in a.max_packets.split(","):
         opts = TrainOptions(preset=a.preset, labels_csv=a.labels, session_groups=expand_session_groups(a.session_group),
-                            max_packets=None if mp == "all" else int(mp), epochs=a.epochs, batch_size=a.batch_size, cache_dir=a.cache_dir,
+                            max_packets=None if mp == "all" else int(mp), epochs=a.epochs, batch_size=a.batch_size,
+                            cache_dir=a.cache_dir,
                             quiet=True, device="cpu", n_hidden=a.hidden, bin_s=a.bin_s, input_value=a.input_value,
                             recipe=recipe)
         ds = load_samples(a.data, opts)
