@@ -112,8 +112,9 @@ class FlowFileWriter:
     Flows (``Flow`` objects or ``FlowBlock``s) are buffered; past ``spill_bytes`` the
     buffer's columns are appended to raw files in a temporary folder next to the output,
     and ``close()`` assembles the .npz (stored, not compressed) by streaming them into
-    its members. Memory stays bounded however large the capture; the output is written
-    atomically (a ``.tmp`` file renamed at the end).
+    its members (in-memory blocks are streamed the same way, never concatenated). Memory
+    stays bounded however large the capture; the output is written atomically (a ``.tmp``
+    file renamed at the end).
     """
 
     def __init__(self, path: str | os.PathLike, *, spill_bytes: int = 64 << 20):
@@ -157,46 +158,63 @@ class FlowFileWriter:
 
     def close(self, meta: dict | None = None) -> int:
         """Write the file; returns the number of flows."""
-        import shutil
-        import zipfile
-
         m = {"format": FORMAT, "version": VERSION, "n_flows": self.n_flows, "n_packets": self.n_packets}
         m.update(meta or {})
         tmp = self.path.with_name(self.path.name + ".tmp")
+        dtypes = {**FLOW_COLS, **PACKET_COLS}
         try:
-            if self._dir is None:                    # everything fit in memory
-                arrays = self._buf.arrays()
-                with open(tmp, "wb") as fh:
-                    np.savez(fh, meta=np.array(json.dumps(m)), **arrays)
+            if self._dir is None:                    # everything fit in memory: stream the blocks
+                self._buf._flush_rows()
+                bl = [b.columns for b in self._buf._blocks if len(b)]
+                lens = {k: sum(len(b[k]) for b in bl) for k in dtypes}
+                lens["_count"] = sum(len(b["offsets"]) - 1 for b in bl)
+
+                def chunks(k: str) -> Iterator[np.ndarray]:
+                    if k == "_count":
+                        return (np.diff(b["offsets"]) for b in bl)
+                    return (b[k] for b in bl)
             else:
                 self._spill()
-                dtypes = {**FLOW_COLS, **PACKET_COLS}
-                with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-                    with zf.open("meta.npy", "w", force_zip64=True) as fh:
-                        np.lib.format.write_array(fh, np.array(json.dumps(m)), allow_pickle=False)
-                    for k, d in dtypes.items():
-                        with zf.open(f"{k}.npy", "w", force_zip64=True) as fh:
-                            np.lib.format.write_array_header_2_0(
-                                fh, {"descr": np.lib.format.dtype_to_descr(np.dtype(d)),
-                                     "fortran_order": False, "shape": (self._lens[k],)})
-                            with open(self._dir / k, "rb") as src:
-                                shutil.copyfileobj(src, fh, 8 << 20)
-                    with zf.open("offsets.npy", "w", force_zip64=True) as fh:
-                        np.lib.format.write_array_header_2_0(
-                            fh, {"descr": "<i8", "fortran_order": False, "shape": (self._lens["_count"] + 1,)})
-                        fh.write(np.zeros(1, np.int64).data)
-                        total = 0
-                        with open(self._dir / "_count", "rb") as src:
-                            while chunk := src.read(8 << 20):
-                                c = np.cumsum(np.frombuffer(chunk, np.int64)) + total
-                                total = int(c[-1]) if len(c) else total
-                                fh.write(c.data)
+                lens = self._lens
+
+                def chunks(k: str) -> Iterator[np.ndarray]:
+                    d = np.int64 if k == "_count" else dtypes[k]
+                    with open(self._dir / k, "rb") as src:
+                        while chunk := src.read(8 << 20):
+                            yield np.frombuffer(chunk, d)
+            self._write_zip(tmp, m, dtypes, lens, chunks)
             os.replace(tmp, self.path)
         finally:
             self.abort(keep_output=True)
             if tmp.exists():
                 tmp.unlink()
         return self.n_flows
+
+    @staticmethod
+    def _write_zip(tmp: Path, meta: dict, dtypes: dict, lens: dict, chunks) -> None:
+        """The .npz (zip, stored): each column written from its chunks, never concatenated."""
+        import zipfile
+
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            with zf.open("meta.npy", "w", force_zip64=True) as fh:
+                np.lib.format.write_array(fh, np.array(json.dumps(meta)), allow_pickle=False)
+            for k, d in dtypes.items():
+                with zf.open(f"{k}.npy", "w", force_zip64=True) as fh:
+                    np.lib.format.write_array_header_2_0(
+                        fh, {"descr": np.lib.format.dtype_to_descr(np.dtype(d)),
+                             "fortran_order": False, "shape": (lens[k],)})
+                    for c in chunks(k):
+                        fh.write(np.ascontiguousarray(c, dtype=d).data)
+            with zf.open("offsets.npy", "w", force_zip64=True) as fh:
+                np.lib.format.write_array_header_2_0(
+                    fh, {"descr": "<i8", "fortran_order": False, "shape": (lens["_count"] + 1,)})
+                fh.write(np.zeros(1, np.int64).data)
+                total = 0
+                for c in chunks("_count"):
+                    if len(c):
+                        cs = np.cumsum(c, dtype=np.int64) + total
+                        total = int(cs[-1])
+                        fh.write(cs.data)
 
     def abort(self, keep_output: bool = False) -> None:
         """Remove the temporary files (called by ``close``; call it on errors)."""
