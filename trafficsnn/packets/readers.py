@@ -58,6 +58,15 @@ def _read_fully(f: BinaryIO, n: int) -> bytes:
     return b"".join(parts)
 
 
+def _refs(pool: list, i: int) -> int:
+    return sys.getrefcount(pool[i])
+
+
+# what _refs reports for an array that only its pool references (measured, not assumed:
+# interpreters differ in the temporary references they hold)
+_FREE_REFS = _refs([np.empty(1)], 0)
+
+
 def _read_after(f: BinaryIO, tail: np.ndarray, n: int, pool: list[np.ndarray] | None = None
                 ) -> tuple[np.ndarray, int]:
     """``tail`` followed by up to ``n`` more bytes of ``f`` in one array, and how many came.
@@ -72,12 +81,10 @@ def _read_after(f: BinaryIO, tail: np.ndarray, n: int, pool: list[np.ndarray] | 
     need = nt + n
     arr = None
     if pool is not None:
-        for a in pool:
-            # references: the pool's list, the loop variable, getrefcount's argument
-            if len(a) >= need and sys.getrefcount(a) <= 3:
-                arr = a
+        for i in range(len(pool)):
+            if len(pool[i]) >= need and _refs(pool, i) <= _FREE_REFS:
+                arr = pool[i]
                 break
-        a = None
     if arr is None:
         arr = np.empty(need + (1 << 20 if pool is not None else 0), dtype=np.uint8)
         if pool is not None:
