@@ -144,6 +144,7 @@ def main() -> None:
     ap.add_argument("--flows-run", type=int, default=1_000_000, help="distinct flows of the memory run (0 = skip)")
     ap.add_argument("--model", type=Path, default=None, help="model dir (default: a random model)")
     ap.add_argument("--runs", default="top,paced,flows")
+    ap.add_argument("--batch-ms", type=float, default=10.0, help="classifier micro-batch wait")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     runs = set(args.runs.split(","))
@@ -162,7 +163,7 @@ def main() -> None:
                                 spread=duration, seed=1, heavy=True)
         import numpy as _np  # noqa: F401
         rec_rate = n / _recorded_span(pcap)
-        common_c = ["--emit", "first", "--min-confidence", "0", "--batch", "2048", "--batch-ms", "10",
+        common_c = ["--emit", "first", "--min-confidence", "0", "--batch", "2048", "--batch-ms", str(args.batch_ms),
                     "--rcvhwm", "1000"]
         if "top" in runs:
             rows.append(run_pipeline(pcap, model, tmp, speed=None, lossless=True, classify_args=common_c,

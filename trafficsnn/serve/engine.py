@@ -92,9 +92,16 @@ class StateStore:
         self.width = sum(self._widths)
         self.dtype = proto[0].dtype
         self.init_row = self.pack(proto)[0]
-        self.slab = self.init_row.new_zeros((0, self.width))
-        self.rows = 0
-        self._grow(min(initial, self.capacity))
+        if not bool(self.init_row.any()) and self.init_row.device.type == "cpu":
+            # a state at rest is all zeros: reserve every row at once (calloc'd pages cost no memory
+            # until a flow touches them) so the slab never pauses the daemon to grow
+            np_dtype = torch.empty(0, dtype=self.dtype).numpy().dtype
+            self.slab = torch.from_numpy(np.zeros((self.capacity, self.width), dtype=np_dtype))
+            self.rows = self.capacity
+        else:
+            self.slab = self.init_row.new_zeros((0, self.width))
+            self.rows = 0
+            self._grow(min(initial, self.capacity))
 
     def pack(self, st: Any) -> torch.Tensor:
         n = st[0].shape[0]
@@ -188,7 +195,8 @@ class StreamingClassifier:
         old = len(self.live)
         if n <= old:
             return
-        n = min(max(n, old * 2, 1024), self.max_flows)
+        # all at once when the state slab is reserved whole (zeroed pages are free until used)
+        n = self.max_flows if self.store.rows == self.max_flows else min(max(n, old * 2, 1024), self.max_flows)
         for name, dt in _SLOT_COLS:
             a = getattr(self, name)
             b = np.zeros(n, dt)
