@@ -458,7 +458,7 @@ class FlowTable:
         d0 = direction == 0
         w64 = wire.astype(np.int64)
         c0 = np.add.reduceat(d0.astype(np.int64), sst)
-        b0 = np.add.reduceat(np.where(d0, w64, 0), sst)
+        b0 = np.add.reduceat(w64 * d0, sst)         # (np.where with a scalar is several times slower)
         cnt = send - sst
         S["pk0"][seg_slot] += c0
         S["pk1"][seg_slot] += cnt - c0
