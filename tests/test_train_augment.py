@@ -51,3 +51,8 @@ def test_balanced_sampler():
     idx = balanced_indices(y, np.random.default_rng(0))
     assert len(idx) == 100
     assert 0.35 < (y[idx] == 1).mean() < 0.65
+
+
+def test_balanced_sampler_epoch_length():
+    y = np.array([0] * 30 + [1] * 5)
+    assert len(balanced_indices(y, np.random.default_rng(0), 640)) == 640

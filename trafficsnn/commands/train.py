@@ -60,6 +60,9 @@ state/ (resumable), test_report/ (report.json, report.md, confusion.png), summar
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=None,
               help="Adam (coupled L2) weight decay (default: the preset's).")
 @click.option("--label-smoothing", type=click.FloatRange(0, 1), default=None, help="Cross-entropy label smoothing.")
+@click.option("--min-batches", type=click.IntRange(1), default=None,
+              help="At least this many optimiser steps per epoch (small data sets; the paper uses one "
+                   "training-set's worth of samples).")
 @click.option("--hidden", "n_hidden", type=click.IntRange(1), default=None, help="SNN hidden neurons (default: preset).")
 @click.option("--resume", is_flag=True, help="Continue from OUT/state after an interruption.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
@@ -68,7 +71,7 @@ state/ (resumable), test_report/ (report.json, report.md, confusion.png), summar
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or summary.")
 def command(data, out, preset, model_kind, epochs, batch_size, lr, seed, device, split, fractions, session_groups,
             manifest, labels_csv, rules, task, max_packets, min_packets, bin_s, n_steps, input_value, augment, weight_decay,
-            label_smoothing, n_hidden, resume, cache_dir, no_cache, quiet):
+            label_smoothing, min_batches, n_hidden, resume, cache_dir, no_cache, quiet):
     import json
     import warnings
 
@@ -81,7 +84,7 @@ def command(data, out, preset, model_kind, epochs, batch_size, lr, seed, device,
                         max_packets=max_packets, min_packets=min_packets, resume=resume, cache_dir=cache_dir,
                         no_cache=no_cache, quiet=quiet, n_hidden=n_hidden, manifest=manifest, bin_s=bin_s,
                         n_steps=n_steps, input_value=input_value,
-                        recipe=_recipe(augment, weight_decay, label_smoothing))
+                        recipe=_recipe(augment, weight_decay, label_smoothing, min_batches))
     with warnings.catch_warnings(record=True) as caught:  # the leaky-split warning, printed in red below
         warnings.simplefilter("always", LeakySplitWarning)
         summary = train_run(data, out, opts)
@@ -92,7 +95,7 @@ def command(data, out, preset, model_kind, epochs, batch_size, lr, seed, device,
         click.echo(json.dumps(summary, indent=1))
 
 
-def _recipe(augment, weight_decay, label_smoothing) -> dict:
+def _recipe(augment, weight_decay, label_smoothing, min_batches=None) -> dict:
     r: dict = {}
     if augment:
         r["augment"] = {"prefix": 0.5, "drop": 0.1}
@@ -100,4 +103,6 @@ def _recipe(augment, weight_decay, label_smoothing) -> dict:
         r["weight_decay"] = weight_decay
     if label_smoothing is not None:
         r["label_smoothing"] = label_smoothing
+    if min_batches is not None:
+        r["min_batches"] = min_batches
     return r

@@ -105,11 +105,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def balanced_indices(y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One epoch of the paper's WeightedRandomSampler: weight 1/count(class), with replacement."""
+def balanced_indices(y: np.ndarray, rng: np.random.Generator, n: int | None = None) -> np.ndarray:
+    """One epoch of the paper's WeightedRandomSampler: weight 1/count(class), with replacement.
+
+    ``n`` samples (default: the training-set size, as the paper)."""
     counts = np.bincount(y)
     w = 1.0 / counts[y]
-    return rng.choice(len(y), size=len(y), replace=True, p=w / w.sum())
+    return rng.choice(len(y), size=len(y) if n is None else int(n), replace=True, p=w / w.sum())
 
 
 def augment(ds, idx, rng: np.random.Generator, prefix: float = 0.5, drop: float = 0.1):
@@ -276,7 +278,9 @@ def fit_torch(
     stopped = False
     for epoch in range(start_epoch, r["epochs"]):
         model.train()
-        order = balanced_indices(train_set.y, np.random.default_rng([cfg.seed, epoch]))
+        # small data sets: at least ``min_batches`` optimiser steps per epoch (not in the paper recipe)
+        n_epoch = max(len(train_set.y), int(r.get("min_batches") or 0) * bs)
+        order = balanced_indices(train_set.y, np.random.default_rng([cfg.seed, epoch]), n_epoch)
         aug_rng = np.random.default_rng([cfg.seed, epoch, 1])
         tot_loss, preds, trues = 0.0, [], []
         for a in range(0, len(order), bs):
