@@ -21,14 +21,12 @@ _OUT = (("src_hi", np.uint64), ("src_lo", np.uint64), ("dst_hi", np.uint64), ("d
         ("sport", np.uint16), ("dport", np.uint16), ("proto", np.uint8), ("ip_len", np.uint32),
         ("tcp_flags", np.uint8), ("ip_version", np.uint8))
 _MAPPED = np.uint64(0xFFFF_0000_0000)
-_PORTED = np.zeros(256, dtype=np.bool_)
-_PORTED[[6, 17]] = True
-# L4 header bytes the IP datagram must hold for ports to be read (TCP 20, UDP 8)
-_HMIN = np.zeros(256, dtype=np.int32)
-_HMIN[6], _HMIN[17] = 20, 8
-# protocols the general decoder treats specially (extension headers, AH, fragments, tunnels)
-_SPECIAL = np.zeros(256, dtype=np.bool_)
-_SPECIAL[[0, 43, 60, 135, 139, 140, 51, 44, 4, 41, 47]] = True
+# IP protocol -> the L4 header bytes a datagram must hold for its ports to be read (TCP 20,
+# UDP 8), 0 for port-less protocols, -1 for those the general decoder treats specially
+# (IPv6 extension headers, AH, fragments, IP and GRE tunnels)
+_PCODE = np.zeros(256, dtype=np.int32)
+_PCODE[6], _PCODE[17] = 20, 8
+_PCODE[[0, 43, 60, 135, 139, 140, 51, 44, 4, 41, 47]] = -1
 # UDP ports of tunnels the general decoder opens (VXLAN, GTP-U, CAPWAP, Geneve)
 _UDP_TUNNEL = np.zeros(65536, dtype=np.bool_)
 _UDP_TUNNEL[[4789, 2152, 5247, 6081]] = True
@@ -88,9 +86,10 @@ def _ipv4(m: np.ndarray, caplen: np.ndarray, wire: np.ndarray, is4: np.ndarray, 
     # header inside the frame, not a fragment (bytes 20-21: MF clear, offset 0), not TSO (length
     # 0), and a whole frame must hold the datagram (else the general decoder calls it malformed)
     ipend = tot + 14
+    code = _PCODE[proto]
     ok = (is4 & ((m.view("<u4")[:, 5] & 0xFF3F) == 0) & (tot > 0) & (cap >= 34)
-          & ~(whole & (ipend > cap)) & ~_SPECIAL[proto])
-    _ports_flags(m, cap, proto, ipend, 34, ok, out)
+          & ~(whole & (ipend > cap)) & (code >= 0))
+    _ports_flags(m, cap, code, ipend, 34, ok, out)
     a = m[:, 26:34].copy().view(">u4")
     np.bitwise_or(a[:, 0], _MAPPED, out=out["src_lo"])
     np.bitwise_or(a[:, 1], _MAPPED, out=out["dst_lo"])
@@ -108,9 +107,10 @@ def _ipv6(m: np.ndarray, caplen: np.ndarray, wire: np.ndarray, elig: np.ndarray,
     whole = caplen >= wire
     plen = m[:, 18:20].copy().view(">u2")[:, 0].astype(np.int32)
     proto = m[:, 20]
-    ok = (cap >= 54) & ~(whole & (plen + 54 > cap)) & ~_SPECIAL[proto]
+    code = _PCODE[proto]
+    ok = (cap >= 54) & ~(whole & (plen + 54 > cap)) & (code >= 0)
     ipend = np.where(plen > 0, plen + 54, cap)      # payload length 0: a jumbogram, to the frame end
-    _ports_flags(m, cap, proto, ipend, 54, ok, out)
+    _ports_flags(m, cap, code, ipend, 54, ok, out)
     a = m[:, 22:54].copy().view(">u8")
     out["src_hi"][:] = a[:, 0]
     out["src_lo"][:] = a[:, 1]
@@ -122,19 +122,16 @@ def _ipv6(m: np.ndarray, caplen: np.ndarray, wire: np.ndarray, elig: np.ndarray,
     elig[:] = ok
 
 
-def _ports_flags(m: np.ndarray, cap: np.ndarray, proto: np.ndarray, ipend: np.ndarray, l4: int,
+def _ports_flags(m: np.ndarray, cap: np.ndarray, code: np.ndarray, ipend: np.ndarray, l4: int,
                  ok: np.ndarray, out: dict[str, np.ndarray]) -> None:
     """TCP/UDP ports (when the datagram holds the L4 header), TCP flags, UDP tunnels left out."""
-    pok = _PORTED[proto] & (cap >= l4 + 4) & (_HMIN[proto] + l4 <= ipend)
+    pok = (code > 0) & (cap >= l4 + 4) & (code + l4 <= ipend)
     pp = m[:, l4:l4 + 4].copy().view(">u2")
     sport, dport = out["sport"], out["dport"]
-    sport[:] = pp[:, 0]
-    dport[:] = pp[:, 1]
-    npok = ~pok
-    sport[npok] = 0
-    dport[npok] = 0
-    udp = pok & (proto == 17)
+    np.multiply(pp[:, 0], pok, out=sport)           # 0 where the ports are not read
+    np.multiply(pp[:, 1], pok, out=dport)
+    udp = pok & (code == 8)
     if udp.any():
         ok &= ~(udp & (_UDP_TUNNEL[sport] | _UDP_TUNNEL[dport]))
-    tcpf = pok & (proto == 6) & (cap >= l4 + 14)
+    tcpf = pok & (code == 20) & (cap >= l4 + 14)
     np.multiply(m[:, l4 + 13], tcpf, out=out["tcp_flags"])
