@@ -269,9 +269,11 @@ class FlowTable:
         G = len(gstart)
         glen = np.diff(np.append(gstart, n))
         gid = np.repeat(np.arange(G), glen)
-        inner = np.ones(n - 1, bool)
-        inner[gstart[1:] - 1] = False          # adjacent pairs inside one group must be equal
-        if any(((cs[1:] != cs[:-1]) & inner).any() for cs in (c[order] for c in cols5)):
+        # every packet's key must equal its group's first key (else: hash prefixes collided)
+        gfirst = order[gstart]
+        gid_o = np.empty(n, np.int64)
+        gid_o[order] = gid
+        if any((c != c[gfirst][gid_o]).any() for c in cols5):
             self.stats["hash_collisions"] += 1
             order = np.lexsort(cols5[::-1])
             chg = np.zeros(n - 1, bool)
