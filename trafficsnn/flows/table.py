@@ -88,8 +88,10 @@ def canonical_key(batch: PacketBatch):
     dhi, dlo, dp = batch.dst_hi, batch.dst_lo, batch.dport
     swap = (shi > dhi) | ((shi == dhi) & ((slo > dlo) | ((slo == dlo) & (sp > dp))))
     # branch-free select (np.where is several times slower here): x ^ ((x ^ y) & mask)
-    m64 = np.zeros(len(swap), np.uint64) - swap.astype(np.uint64)
-    m16 = np.zeros(len(swap), np.uint16) - swap.astype(np.uint16)
+    m64 = swap.astype(np.uint64)
+    np.negative(m64, out=m64)               # all ones where swapped
+    m16 = swap.astype(np.uint16)
+    np.negative(m16, out=m16)
     xh, xl, xp = (shi ^ dhi) & m64, (slo ^ dlo) & m64, (sp ^ dp) & m16
     ahi, alo, ap = shi ^ xh, slo ^ xl, sp ^ xp
     bhi, blo, bp = dhi ^ xh, dlo ^ xl, dp ^ xp
