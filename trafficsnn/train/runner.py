@@ -391,7 +391,9 @@ def train_run(data: str | Path, out: str | Path, opts: TrainOptions) -> dict:
 def evaluate_run(model: str | Path, data: str | Path, out: str | Path, opts: TrainOptions,
                  side: str | None = None) -> dict:
     """Evaluate a saved model on labelled data (optionally one side of a split manifest)."""
-    pred = load_predictor(model, "cpu" if opts.device in ("auto", "cpu") else opts.device)
+    from ..snn.device import resolve_device
+
+    pred = load_predictor(model, str(resolve_device(opts.device)))
     if opts.max_packets is None and pred.spec.get("max_packets"):
         opts.max_packets = int(pred.spec["max_packets"])
     ds = load_samples(data, opts, encoding=pred.encoding, classes=pred.classes)
