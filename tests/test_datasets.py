@@ -143,3 +143,12 @@ def test_errors(tmp_path):
     (tmp_path / "empty" / "x.pcap").write_bytes(b"")
     with pytest.raises(ConfigError, match="lacks column"):
         build_dataset(tmp_path / "empty", encoder_for("improved"), labels_csv=bad)
+
+
+def test_parallel_extraction_equals_serial(synth, tmp_path):
+    a = build_dataset(synth, encoder_for("improved"), cache=SampleCache(tmp_path / "serial"))
+    c = SampleCache(tmp_path / "par")
+    b = build_dataset(synth, encoder_for("improved"), cache=c, jobs=2)
+    assert c.prefetched == 10 and b.summary["cache"]["misses"] == 10
+    assert np.array_equal(a.ev_value, b.ev_value) and np.array_equal(a.ev_step, b.ev_step)
+    assert np.array_equal(a.features, b.features) and list(a.flow) == list(b.flow)

@@ -20,10 +20,12 @@ import click
 @click.option("--min-packets", type=click.IntRange(1), default=10, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None)
+@click.option("--jobs", "-j", type=click.IntRange(1), default=1, show_default=True,
+              help="Worker processes extracting samples from captures not yet cached.")
 @click.option("--no-cache", is_flag=True)
 @click.option("--quiet", "-q", is_flag=True)
 def command(model, data, out, labels_csv, rules, task, manifest, side, max_packets, min_packets, device, cache_dir,
-            no_cache, quiet):
+            jobs, no_cache, quiet):
     """Evaluate MODEL (a directory written by `trafficsnn train`) on the captures in DATA.
 
     \b
@@ -36,7 +38,7 @@ def command(model, data, out, labels_csv, rules, task, manifest, side, max_packe
     from ..train.runner import TrainOptions, evaluate_run
 
     opts = TrainOptions(labels_csv=labels_csv, rules=rules, task=task, manifest=manifest, max_packets=max_packets,
-                        min_packets=min_packets, device=device, cache_dir=cache_dir, no_cache=no_cache, quiet=quiet)
+                        min_packets=min_packets, device=device, cache_dir=cache_dir, no_cache=no_cache, quiet=quiet, jobs=jobs)
     rep = evaluate_run(model, data, out, opts, side)
     if not quiet:
         line = (f"{rep['n']} samples: accuracy {rep['accuracy']:.4f}, balanced accuracy "

@@ -67,11 +67,13 @@ state/ (resumable), test_report/ (report.json, report.md, confusion.png), summar
 @click.option("--resume", is_flag=True, help="Continue from OUT/state after an interruption.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Sample cache (default $TRAFFICSNN_CACHE or ~/.cache/trafficsnn/samples).")
+@click.option("--jobs", "-j", type=click.IntRange(1), default=1, show_default=True,
+              help="Worker processes extracting samples from captures not yet cached.")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the sample cache.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or summary.")
 def command(data, out, preset, model_kind, epochs, batch_size, lr, seed, device, split, fractions, session_groups,
             manifest, labels_csv, rules, task, max_packets, min_packets, bin_s, n_steps, input_value, augment, weight_decay,
-            label_smoothing, min_batches, n_hidden, resume, cache_dir, no_cache, quiet):
+            label_smoothing, min_batches, n_hidden, resume, cache_dir, jobs, no_cache, quiet):
     import json
     import warnings
 
@@ -81,7 +83,7 @@ def command(data, out, preset, model_kind, epochs, batch_size, lr, seed, device,
     opts = TrainOptions(preset=preset, model=model_kind, labels_csv=labels_csv, rules=rules, task=task,
                         split=split, fractions=tuple(fractions), session_groups=expand_session_groups(session_groups),
                         seed=seed, epochs=epochs, batch_size=batch_size, lr=lr, device=device,
-                        max_packets=max_packets, min_packets=min_packets, resume=resume, cache_dir=cache_dir,
+                        max_packets=max_packets, min_packets=min_packets, resume=resume, cache_dir=cache_dir, jobs=jobs,
                         no_cache=no_cache, quiet=quiet, n_hidden=n_hidden, manifest=manifest, bin_s=bin_s,
                         n_steps=n_steps, input_value=input_value,
                         recipe=_recipe(augment, weight_decay, label_smoothing, min_batches))

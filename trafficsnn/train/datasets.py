@@ -219,6 +219,14 @@ def extract_capture(path: Path, encoder, max_packets: int | None = None, flow_op
     )
 
 
+def _extract_job(path: str, enc_spec: dict, max_packets, flow_opts, out: str) -> str:
+    """Worker-process body of ``SampleCache.prefetch`` (module level so it can be pickled by spawn)."""
+    from ..snn.encoding import encoder_for
+
+    extract_capture(Path(path), encoder_for(enc_spec), max_packets, flow_opts).save(Path(out))
+    return out
+
+
 class SampleCache:
     """Per-capture extraction results on disk, keyed by content hash + parameters."""
 
@@ -227,6 +235,7 @@ class SampleCache:
         self.enabled = enabled
         self.hits = 0
         self.misses = 0
+        self.prefetched = 0   # extracted by worker processes (then read back as hits)
         self._memo_path = self.root / "hashes.json"
         self._memo: dict = {}
         if enabled:
@@ -236,14 +245,40 @@ class SampleCache:
             except (OSError, ValueError):
                 self._memo = {}
 
+    def path_for(self, path: Path, encoder, max_packets, flow_opts) -> Path:
+        """Cache file of one capture's extraction with these parameters."""
+        params = {"encoding": encoder.spec(), "max_packets": max_packets, "flow_opts": flow_opts or {},
+                  "features": N_FEATURES}
+        return self.root / f"{_cache_key(file_sha256(path, self._memo), params)}.npz"
+
+    def prefetch(self, paths: Sequence[Path], encoder, max_packets, flow_opts, jobs: int, progress: bool) -> None:
+        """Extract the captures missing from the cache in ``jobs`` worker processes."""
+        if not self.enabled or jobs <= 1:
+            return
+        todo = [(p, self.path_for(p, encoder, max_packets, flow_opts)) for p in paths]
+        todo = [(p, f) for p, f in todo if not f.exists()]
+        if len(todo) < 2:
+            return
+        self.prefetched += len(todo)
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        spec = encoder.spec()
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
+            futs = [ex.submit(_extract_job, str(p), spec, max_packets, flow_opts, str(f)) for p, f in todo]
+            it = as_completed(futs)
+            if progress:
+                from tqdm import tqdm
+
+                it = tqdm(it, total=len(futs), desc=f"extract ({jobs} jobs)", unit="file", leave=False, disable=None)
+            for fut in it:
+                fut.result()
+
     def get(self, path: Path, encoder, max_packets, flow_opts) -> CaptureSamples:
         if not self.enabled:
             self.misses += 1
             return extract_capture(path, encoder, max_packets, flow_opts)
-        params = {"encoding": encoder.spec(), "max_packets": max_packets, "flow_opts": flow_opts or {},
-                  "features": N_FEATURES}
-        key = _cache_key(file_sha256(path, self._memo), params)
-        f = self.root / f"{key}.npz"
+        f = self.path_for(path, encoder, max_packets, flow_opts)
         if f.exists():
             try:
                 out = CaptureSamples.load(f)
@@ -345,6 +380,7 @@ def build_dataset(
     cache: SampleCache | None = None,
     flow_opts: dict | None = None,
     progress: bool = False,
+    jobs: int = 1,
 ) -> SampleSet:
     """Labelled samples of every capture under ``data`` (see module doc for the sources).
 
@@ -407,6 +443,8 @@ def build_dataset(
     index = {c: i for i, c in enumerate(names)}
     parts: list[dict] = []
     unmatched_rows = 0
+    wanted = [p for p in caps if src == "csv" or p in per_cap_label]
+    cache.prefetch(wanted, encoder, max_packets, flow_opts, jobs, progress)
     it: Iterable[Path] = caps
     if progress:
         from tqdm import tqdm
@@ -447,7 +485,8 @@ def build_dataset(
     if src == "csv":
         summary["csv_rows"] = csv_labels.rows
         summary["csv_rows_unmatched"] = unmatched_rows
-    summary["cache"] = {"hits": cache.hits, "misses": cache.misses, "dir": str(cache.root) if cache.enabled else None}
+    summary["cache"] = {"hits": cache.hits - cache.prefetched, "misses": cache.misses + cache.prefetched,
+                        "dir": str(cache.root) if cache.enabled else None}
     if not parts:
         raise ConfigError(f"no labelled samples found under {root} (source {src}); check the labels and --min-packets")
     ys, caps_, flows_, wins, c20s, offs, steps, neurons, values, feats = ([] for _ in range(10))

@@ -235,6 +235,7 @@ class TrainOptions:
     bin_s: float | None = None      # improved encoding overrides
     n_steps: int | None = None
     input_value: str | None = None
+    jobs: int = 1                   # worker processes for sample extraction (cache misses)
 
 
 def load_samples(data, opts: TrainOptions, encoding=None, classes=None) -> SampleSet:
@@ -253,7 +254,7 @@ def load_samples(data, opts: TrainOptions, encoding=None, classes=None) -> Sampl
     cache = SampleCache(opts.cache_dir, enabled=not opts.no_cache)
     return build_dataset(data, enc, labels_csv=opts.labels_csv, rules=opts.rules, task=opts.task,
                          source=opts.source, classes=classes, max_packets=opts.max_packets,
-                         min_packets=opts.min_packets, cache=cache, progress=not opts.quiet)
+                         min_packets=opts.min_packets, cache=cache, progress=not opts.quiet, jobs=opts.jobs)
 
 
 def split_samples(ds: SampleSet, opts: TrainOptions) -> tuple[np.ndarray, dict]:
