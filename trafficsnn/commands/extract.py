@@ -10,11 +10,6 @@ import click
 
 from ..errors import ConfigError
 
-# extraction never calls BLAS: keep OpenBLAS from starting (and spinning) a thread per core
-# when numpy is first imported by this command
-for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_v, "1")
-
 
 def _timeout(value: float | None) -> float | None:
     return None if value is None or value <= 0 else value
@@ -155,6 +150,11 @@ def command(captures, out, fmt, idle_timeout, active_timeout, max_flows, tcp_clo
         idle_timeout = active_timeout = 0
         tcp_close = False
     progress = not quiet and sys.stderr.isatty()
+    if "numpy" not in sys.modules:
+        # a fresh CLI process: extraction never calls BLAS, so keep OpenBLAS from starting
+        # (and spinning) a thread per core when numpy is first imported (~50 ms of CPU)
+        for v in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(v, "1")
     s = extract_files(list(captures), out, fmt=fmt, idle_timeout=_timeout(idle_timeout),
                       active_timeout=_timeout(active_timeout), max_flows=max_flows or None,
                       tcp_close=tcp_close, max_packets=max_packets or None, strict=strict,
