@@ -3,7 +3,8 @@
 Runs (each prints one row of the table):
   top-speed   the pcap as fast as the agent reads it, lossless (waits for the classifier):
               end-to-end packets/s
-  paced       the pcap replayed at a fixed packet rate (--rate, default 300k/s), drops allowed:
+  paced       the pcap replayed at a fixed packet rate (--rate, default 300k/s; the agent's --pps),
+              drops allowed:
               packets/s, dropped updates, verdict latency p50/p99
   1M-flows    one million distinct flows (2 packets each, all alive at once): peak RSS stays bounded
 
@@ -59,7 +60,7 @@ class PeakRSS(threading.Thread):
             time.sleep(0.05)
 
 
-def run_pipeline(pcap: Path, model: Path, tmp: Path, *, speed: float | None, lossless: bool,
+def run_pipeline(pcap: Path, model: Path, tmp: Path, *, pps: float | None, lossless: bool,
                  classify_args: list[str], capture_args: list[str], label: str) -> dict:
     slug = "".join(c if c.isalnum() else "_" for c in label)
     ep = f"ipc://{tmp}/{slug}.sock"
@@ -72,8 +73,8 @@ def run_pipeline(pcap: Path, model: Path, tmp: Path, *, speed: float | None, los
     time.sleep(3.0)  # torch import and model load, so the clock starts with a ready classifier
     cmd = [sys.executable, "-m", "trafficsnn.cli", "capture", "--pcap", str(pcap), "--connect", ep,
            "--sensor", "bench", *capture_args]
-    if speed:
-        cmd += ["--speed", str(speed)]
+    if pps:
+        cmd += ["--pps", str(pps)]
     if lossless:
         cmd += ["--lossless"]
     t0 = time.time()
@@ -161,21 +162,21 @@ def main() -> None:
             ppf = int(np.ceil(ppf * args.packets / n * 1.02))
             n = write_demo_pcap(pcap, n_flows=args.flows, packets_per_flow=ppf, duration=duration,
                                 spread=duration, seed=1, heavy=True)
-        import numpy as _np  # noqa: F401
-        rec_rate = n / _recorded_span(pcap)
+
+
         common_c = ["--emit", "first", "--min-confidence", "0", "--batch", "2048", "--batch-ms", str(args.batch_ms),
                     "--rcvhwm", "1000"]
         if "top" in runs:
-            rows.append(run_pipeline(pcap, model, tmp, speed=None, lossless=True, classify_args=common_c,
+            rows.append(run_pipeline(pcap, model, tmp, pps=None, lossless=True, classify_args=common_c,
                                      capture_args=["--hwm", "1000"], label="top-speed"))
         if "paced" in runs:
-            rows.append(run_pipeline(pcap, model, tmp, speed=args.rate / rec_rate, lossless=False,
+            rows.append(run_pipeline(pcap, model, tmp, pps=args.rate, lossless=False,
                                      classify_args=common_c, capture_args=["--hwm", "1000"],
                                      label=f"paced {args.rate / 1e3:.0f}k/s"))
         if "flows" in runs and args.flows_run:
             big = tmp / "flows.pcap"
             write_demo_pcap(big, n_flows=args.flows_run, packets_per_flow=2, duration=1.0, spread=100.0, seed=2)
-            rows.append(run_pipeline(big, model, tmp, speed=None, lossless=True,
+            rows.append(run_pipeline(big, model, tmp, pps=None, lossless=True,
                                      classify_args=[*common_c, "--max-flows", "250000"],
                                      capture_args=["--hwm", "1000", "--max-flows", "1000000"],
                                      label=f"{args.flows_run / 1e6:g}M flows"))

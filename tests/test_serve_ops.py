@@ -195,3 +195,20 @@ def test_agent_prometheus_names(tmp_path):
     assert "trafficsnn_capture_packets_total 15.0" in text
     assert "trafficsnn_capture_updates_dropped_total" in text  # nobody listening: counted, not blocked
     assert 'trafficsnn_capture_decode_total{outcome="non_ip"} 0.0' in text
+
+
+def test_fixed_packet_rate_replay(tmp_path):
+    import time
+
+    pcap = tmp_path / "r.pcap"
+    n = write_demo_pcap(pcap, n_flows=20, packets_per_flow=20, duration=1.0, seed=2)
+    ctx = zmq.Context()
+    t = time.monotonic()
+    snap = CaptureAgent(AgentConfig(pcap=(str(pcap),), connect=("inproc://none",), pps=2000, stats_interval=0),
+                        ctx=ctx).run()
+    took = time.monotonic() - t
+    ctx.term()
+    assert snap["counters"]["packets"] == n == 400
+    assert 0.18 <= took < 5  # 400 packets at 2000/s
+    with pytest.raises(ConfigError):
+        AgentConfig(pcap=("x",), connect=("inproc://a",), pps=10, speed=1.0).validate()

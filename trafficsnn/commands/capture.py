@@ -16,6 +16,8 @@ from ..serve.config import config_option
 @click.option("--speed", type=float, default=None,
               help="With --pcap: replay at this multiple of the recorded speed (1.0 = real time). "
                    "Default: as fast as possible.")
+@click.option("--pps", type=float, default=None,
+              help="With --pcap: replay at this fixed packet rate instead (like tcpreplay --pps).")
 @click.option("-f", "--filter", "bpf_filter", metavar="BPF", help="BPF filter, tcpdump syntax (in the kernel when live).")
 @click.option("--snaplen", type=int, default=256, show_default=True,
               help="Bytes kept per frame; headers only, payload is never read.")
@@ -43,7 +45,7 @@ from ..serve.config import config_option
 @click.option("--curve-server", type=click.Path(dir_okay=False), help="The classifier's public CURVE .key file.")
 @click.option("-q", "--quiet", is_flag=True, help="Do not print the counters at exit.")
 @click.option("-v", "--verbose", is_flag=True, help="Log more.")
-def command(interface, pcap, speed, bpf_filter, snaplen, promisc, connect, bind, sensor, every, window,
+def command(interface, pcap, speed, pps, bpf_filter, snaplen, promisc, connect, bind, sensor, every, window,
             idle_timeout, active_timeout, max_flows, hwm, lossless, metrics_port, metrics_addr,
             curve_secret, curve_server, quiet, verbose) -> None:
     """Capture packets, track flows and stream flow updates to a classifier over ZeroMQ.
@@ -62,7 +64,7 @@ def command(interface, pcap, speed, bpf_filter, snaplen, promisc, connect, bind,
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="trafficsnn capture: %(levelname)s %(message)s")
-    cfg = AgentConfig(iface=interface, pcap=tuple(pcap), speed=speed or None, bpf_filter=bpf_filter,
+    cfg = AgentConfig(iface=interface, pcap=tuple(pcap), speed=speed or None, pps=pps, bpf_filter=bpf_filter,
                       snaplen=snaplen, promisc=promisc, connect=tuple(connect), bind=tuple(bind),
                       every=every, window=window or None, idle_timeout=idle_timeout or None,
                       active_timeout=active_timeout or None, max_flows=max_flows, hwm=hwm, lossless=lossless,

@@ -38,6 +38,7 @@ class AgentConfig:
     iface: str | None = None
     pcap: tuple[str, ...] = ()
     speed: float | None = None          # None/0 = as fast as possible; 1.0 = recorded speed
+    pps: float | None = None            # or a fixed packet rate (packets/s)
     bpf_filter: str | None = None
     snaplen: int = 256
     promisc: bool = False
@@ -72,6 +73,10 @@ class AgentConfig:
             raise ConfigError(f"--hwm must be >= 1 message, got {self.hwm}")
         if self.speed is not None and self.speed < 0:
             raise ConfigError(f"--speed must be >= 0, got {self.speed}")
+        if self.pps is not None and self.pps <= 0:
+            raise ConfigError(f"--pps must be > 0 packets/s, got {self.pps}")
+        if self.speed and self.pps:
+            raise ConfigError("give --speed or --pps, not both")
         if bool(self.curve_secret) != bool(self.curve_server):
             raise ConfigError("CURVE needs both --curve-secret (own .key_secret) and --curve-server (server .key)")
 
@@ -152,11 +157,25 @@ class CaptureAgent:
             reader = open_capture(path, batch_size=cfg.read_batch)
             self.source = reader
             t0_rec = t0_wall = None
+            sent = 0
             for fb in reader:
                 if self._stop.is_set():
                     return
                 if cfg.bpf_filter:
                     fb = self._pcap_filter(fb)
+                if cfg.pps and len(fb):
+                    # a fixed packet rate (like tcpreplay --pps): slices of 5 ms worth of packets
+                    if t0_wall is None:
+                        t0_wall, sent = time.monotonic(), 0
+                    step = max(1, int(cfg.pps * 0.005))
+                    for a in range(0, len(fb), step):
+                        part = _slice(fb, a, min(a + step, len(fb)))
+                        due = t0_wall + (sent + len(part)) / cfg.pps
+                        if not self._wait_until(due):
+                            return
+                        sent += len(part)
+                        yield part
+                    continue
                 if not (cfg.speed and len(fb)):
                     yield fb
                     continue
@@ -167,19 +186,22 @@ class CaptureAgent:
                 cuts = np.flatnonzero(np.diff(np.floor((fb.ts - t0_rec) / tick))) + 1
                 for a, b in zip(np.concatenate([[0], cuts]).tolist(), np.concatenate([cuts, [len(fb)]]).tolist()):
                     part = _slice(fb, a, b)
-                    due = t0_wall + (float(part.ts[-1]) - t0_rec) / cfg.speed
-                    while not self._stop.is_set():
-                        left = due - time.monotonic()
-                        if left <= 0:
-                            break
-                        self._stop.wait(min(left, 0.05))
-                        self._housekeeping(time.monotonic())
-                    if self._stop.is_set():
+                    if not self._wait_until(t0_wall + (float(part.ts[-1]) - t0_rec) / cfg.speed):
                         return
                     yield part
             for err in getattr(reader, "errors", []):
                 log.warning("%s", err)
             self.source_stats[str(path)] = dict(getattr(reader, "stats", {}))
+
+    def _wait_until(self, due: float) -> bool:
+        """Sleep until ``due`` (monotonic) keeping the watchdog fed; False when asked to stop."""
+        while not self._stop.is_set():
+            left = due - time.monotonic()
+            if left <= 0:
+                return True
+            self._stop.wait(min(left, 0.05))
+            self._housekeeping(time.monotonic())
+        return False
 
     def _pcap_filter(self, fb: Any) -> Any:
         """Apply the BPF filter to file frames in user space (libpcap's matcher through scapy)."""
