@@ -86,7 +86,8 @@ def test_reader_recovers_flows(small):
         pytest.skip("flow engine not available yet")
     m = json.loads((small / "synth.json").read_text())
     for cap in m["captures"]:
-        flows = list(flows_mod.flows_from_capture([small / cap["path"]], idle_timeout=None, active_timeout=None, tcp_close=False))
+        flows = list(flows_mod.flows_from_capture([small / cap["path"]], idle_timeout=None, active_timeout=None,
+                                                  tcp_close=False))
         assert len(flows) == cap["flows"], cap["path"]
         assert sorted(f.packets for f in flows) == sorted(cap["flow_packets"])
         # the client (direction 0) sent each flow's first packet

@@ -10,7 +10,8 @@ import click
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Report directory.")
 @click.option("--labels", "labels_csv", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Label CSV naming flows by capture file and 5-tuple.")
-@click.option("--rules", type=click.Path(exists=True, dir_okay=False), default=None, help="File-name label rules (TOML).")
+@click.option("--rules", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="File-name label rules (TOML).")
 @click.option("--task", type=click.Choice(["all", "encryption", "application"]), default="all", show_default=True)
 @click.option("--manifest", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Evaluate only one side of a split.json written by `train` (see --side).")
@@ -38,7 +39,8 @@ def command(model, data, out, labels_csv, rules, task, manifest, side, max_packe
     from ..train.runner import TrainOptions, evaluate_run
 
     opts = TrainOptions(labels_csv=labels_csv, rules=rules, task=task, manifest=manifest, max_packets=max_packets,
-                        min_packets=min_packets, device=device, cache_dir=cache_dir, no_cache=no_cache, quiet=quiet, jobs=jobs)
+                        min_packets=min_packets, device=device, cache_dir=cache_dir, no_cache=no_cache, quiet=quiet,
+                        jobs=jobs)
     rep = evaluate_run(model, data, out, opts, side)
     if not quiet:
         line = (f"{rep['n']} samples: accuracy {rep['accuracy']:.4f}, balanced accuracy "

@@ -63,7 +63,8 @@ state/ (resumable), test_report/ (report.json, report.md, confusion.png), summar
 @click.option("--min-batches", type=click.IntRange(1), default=None,
               help="At least this many optimiser steps per epoch (small data sets; the paper uses one "
                    "training-set's worth of samples).")
-@click.option("--hidden", "n_hidden", type=click.IntRange(1), default=None, help="SNN hidden neurons (default: preset).")
+@click.option("--hidden", "n_hidden", type=click.IntRange(1), default=None,
+              help="SNN hidden neurons (default: preset).")
 @click.option("--resume", is_flag=True, help="Continue from OUT/state after an interruption.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Sample cache (default $TRAFFICSNN_CACHE or ~/.cache/trafficsnn/samples).")
@@ -72,7 +73,8 @@ state/ (resumable), test_report/ (report.json, report.md, confusion.png), summar
 @click.option("--no-cache", is_flag=True, help="Do not read or write the sample cache.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or summary.")
 def command(data, out, preset, model_kind, epochs, batch_size, lr, seed, device, split, fractions, session_groups,
-            manifest, labels_csv, rules, task, max_packets, min_packets, bin_s, n_steps, input_value, augment, weight_decay,
+            manifest, labels_csv, rules, task, max_packets, min_packets, bin_s, n_steps, input_value, augment,
+            weight_decay,
             label_smoothing, min_batches, n_hidden, resume, cache_dir, jobs, no_cache, quiet):
     import json
     import warnings

@@ -49,7 +49,8 @@ def mlp_inputs(ds, idx, pool: int, device=None):
 
     idx = np.asarray(idx, np.int64)
     lens = np.diff(ds.ev_off)[idx]
-    take = np.concatenate([np.arange(ds.ev_off[i], ds.ev_off[i + 1]) for i in idx]) if idx.size else np.zeros(0, np.int64)
+    take = (np.concatenate([np.arange(ds.ev_off[i], ds.ev_off[i + 1]) for i in idx]) if idx.size
+            else np.zeros(0, np.int64))
     col = (ds.ev_step[take].astype(np.int64) // pool) * ds.n_inputs + ds.ev_neuron[take].astype(np.int64)
     val = ds.ev_value[take].astype(np.float32)
     if ds.encoding.get("value", "count") == "count":

@@ -119,7 +119,8 @@ class SampleSet:
         idx = np.asarray(idx, np.int64)
         lens = np.diff(self.ev_off)[idx]
         starts = self.ev_off[idx]
-        take = np.concatenate([np.arange(s, s + n) for s, n in zip(starts, lens)]) if idx.size else np.zeros(0, np.int64)
+        take = (np.concatenate([np.arange(s, s + n) for s, n in zip(starts, lens)]) if idx.size
+                else np.zeros(0, np.int64))
         return SampleSet(
             list(self.classes), self.y[idx], self.capture[idx], self.flow[idx], self.window[idx], self.cap20[idx],
             np.r_[0, np.cumsum(lens)].astype(np.int64), self.ev_step[take], self.ev_neuron[take],
@@ -169,7 +170,8 @@ def _truncate(flow, n: int | None):
                                wire_len=flow.wire_len[:n], tcp_flags=flow.tcp_flags[:n])
 
 
-def extract_capture(path: Path, encoder, max_packets: int | None = None, flow_opts: dict | None = None) -> CaptureSamples:
+def extract_capture(path: Path, encoder, max_packets: int | None = None,
+                    flow_opts: dict | None = None) -> CaptureSamples:
     """All flows of one capture and their samples (see module doc); no labels involved."""
     from ..flows import flows_from_capture
 
@@ -349,7 +351,8 @@ class CsvLabels:
                 if not cls_:
                     continue
                 cap = row.get("cap20", "1").strip() not in ("0", "false", "False")
-                by[row["pcap"].strip()][_endpoint_key(proto, row["src_ip"], row["src_port"], row["dst_ip"], row["dst_port"])] = (cls_, cap)
+                key = _endpoint_key(proto, row["src_ip"], row["src_port"], row["dst_ip"], row["dst_port"])
+                by[row["pcap"].strip()][key] = (cls_, cap)
                 classes.add(cls_)
                 n += 1
         return cls(dict(by), sorted(classes), n)
@@ -463,7 +466,8 @@ def build_dataset(
             rows = csv_labels.by_pcap.get(p.name, {})
             found = set()
             for fi in range(n_flows):
-                k = _endpoint_key(int(cs.proto[fi]), str(cs.client[fi]), int(cs.cport[fi]), str(cs.server[fi]), int(cs.sport[fi]))
+                k = _endpoint_key(int(cs.proto[fi]), str(cs.client[fi]), int(cs.cport[fi]), str(cs.server[fi]),
+                                  int(cs.sport[fi]))
                 if k in rows:
                     lab, c20 = rows[k]
                     found.add(k)
@@ -501,7 +505,8 @@ def build_dataset(
             offs.append(off)
             off += b - a
             fi = int(cs.s_flow[i])
-            flows_.append(f"{part['cap']}#{fi} {cs.client[fi]}:{cs.cport[fi]}<->{cs.server[fi]}:{cs.sport[fi]}/{cs.proto[fi]}")
+            flows_.append(f"{part['cap']}#{fi} {cs.client[fi]}:{cs.cport[fi]}<->"
+                          f"{cs.server[fi]}:{cs.sport[fi]}/{cs.proto[fi]}")
         ys.append(part["y"])
         caps_ += [part["cap"]] * len(sidx)
         wins.append(cs.s_window[sidx])

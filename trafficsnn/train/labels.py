@@ -109,7 +109,8 @@ class LabelRules:
             return Labeling(str(path), None, cat.value, None, "no encryption rule matched the path")
         full = f"{cat.value}_{enc_v}"
         if full not in self.tasks["all"]:
-            return Labeling(str(path), None, cat.value, enc_v, f"{full} is not one of the {len(self.tasks['all'])} classes")
+            why = f"{full} is not one of the {len(self.tasks['all'])} classes"
+            return Labeling(str(path), None, cat.value, enc_v, why)
         value = {"all": full, "encryption": enc_v, "application": cat.value}.get(task, full)
         if value not in classes:
             return Labeling(str(path), None, cat.value, enc_v, f"{value} is not a class of task {task!r}")

@@ -233,8 +233,8 @@ def fit_torch(
     model.to(device)
     seed_everything(cfg.seed)
     opt = torch.optim.Adam(model.parameters(), lr=r["lr"], weight_decay=r["weight_decay"])
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=r["factor"], patience=r["sched_patience"],
-                                                       threshold=1e-4)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=r["factor"],
+                                                       patience=r["sched_patience"], threshold=1e-4)
     n_cls = len(train_set.classes)
     history: list[dict] = []
     best = {"f1": -1.0, "loss": math.inf, "epoch": -1}

@@ -191,7 +191,8 @@ def _md_report(rep: dict, meta: dict) -> str:
             lines.append(f"| categorisation within {e} | {s['accuracy']:.4f} | {s['macro_f1']:.4f} | {s['n']} |")
         for t in ("encryption", "application"):
             s = ps[t]
-            lines.append(f"| {t} ({len(s['classes'])} classes) | {s['accuracy']:.4f} | {s['macro_f1']:.4f} | {s['n']} |")
+            lines.append(f"| {t} ({len(s['classes'])} classes) | {s['accuracy']:.4f} | {s['macro_f1']:.4f} "
+                         f"| {s['n']} |")
         lines += ["", "Within-encryption rows keep every predicted application (a VPN sample predicted "
                   "as Browsing is an error; the authors' code drops it).", ""]
     return "\n".join(lines) + "\n"

@@ -80,7 +80,8 @@ def _greedy_assign(unit_counts: np.ndarray, fractions: np.ndarray, rng: np.rando
         w = unit_counts[u] / np.maximum(total, 1)
         deficit = (target - current) / np.maximum(total, 1)
         # prefer the side lacking these classes most; a side with no unit of a class yet gets a bonus
-        need = (deficit * (w > 0)).sum(axis=1) + 0.5 * ((units_per_side_class == 0) & (w > 0)).sum(axis=1) * (fractions > 0)
+        first_of_class = ((units_per_side_class == 0) & (w > 0)).sum(axis=1) * (fractions > 0)
+        need = (deficit * (w > 0)).sum(axis=1) + 0.5 * first_of_class
         # spread big units: prefer the side that is least full relative to its share
         fill = current.sum(axis=1) / np.maximum(fractions * total.sum(), 1e-9)
         need = need - 0.25 * fill

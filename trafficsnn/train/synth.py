@@ -346,7 +346,8 @@ def synthesize(
                 pk = make_flow(cls, rng, float(rng.uniform(*duration)))
                 cport = int(rng.integers(32768, 61000))
                 sport = 443 if pk.proto == TCP else int(rng.integers(10000, 60000))
-                flows.append(SynthFlow(cls, v6, client, server, cport, sport, base + ci * 1000 + k * 200 + rng.uniform(0, 5), pk))
+                start = base + ci * 1000 + k * 200 + rng.uniform(0, 5)
+                flows.append(SynthFlow(cls, v6, client, server, cport, sport, start, pk))
             ts, hdr, hlen, flen = frames_of(flows)
             name = f"{cls.lower()}_{k + 1}.pcap"
             write_pcap(folder / name, ts, hdr, hlen, flen, snaplen)
