@@ -26,7 +26,7 @@ import ipaddress
 import json
 import logging
 import os
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
