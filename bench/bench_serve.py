@@ -90,14 +90,18 @@ def run_pipeline(pcap: Path, model: Path, tmp: Path, *, pps: float | None, lossl
     cstats = _last_json(cerr, "classify")
     astats = _last_json(aerr, "capture")
     lat = []
-    t_last = t0
+    t_last, t_first = t0, float("inf")
     with open(out) as fh:
         for line in fh:
             v = json.loads(line)
             t_last = max(t_last, v["verdict_ts"])
-            if "latency_ms" in v and v["reason"] != "eof":
-                lat.append(v["latency_ms"])
-    wall = t_last - t0
+            if "latency_ms" in v:
+                # the agent read this update's last packet at verdict_ts - latency
+                t_first = min(t_first, v["verdict_ts"] - v["latency_ms"] / 1e3)
+                if v["reason"] != "eof":
+                    lat.append(v["latency_ms"])
+    # from the first packet read (not the agent's start-up) to the last verdict
+    wall = t_last - min(t_first, t_last)
     lat_a = np.array(lat) if lat else np.array([np.nan])
     return {
         "run": label,
