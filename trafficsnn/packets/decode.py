@@ -660,6 +660,8 @@ class Decoder:
             vlan[rows] = pb.vlan
         keep = elig
         keep[rows] = True
+        if len(rows) == len(rest):                  # every frame is a packet: no compaction
+            return PacketBatch(ts=ts, wire_len=wire, vlan=vlan, skipped=pb.skipped, **cols)
         idx = np.flatnonzero(keep)
         return PacketBatch(ts=ts[idx], wire_len=wire[idx], vlan=vlan[idx], skipped=pb.skipped,
                            **{c: a[idx] for c, a in cols.items()})

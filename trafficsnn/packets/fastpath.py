@@ -42,19 +42,26 @@ def decode_common(fb: FrameBatch) -> tuple[np.ndarray, dict[str, np.ndarray]] | 
         return None
     off = fb.offset
     last = len(d) - WINDOW
-    inside = off <= last                            # the window lies in the buffer
-    all_inside = bool(inside.all())
-    if not all_inside:
-        off = np.minimum(off, last)
     win = np.ndarray(shape=(last + 1,), dtype=np.dtype((np.void, WINDOW)), buffer=d, strides=(1,))
+    # the last frames of the buffer: their window would run past its end, so it is read
+    # from a zero-padded copy of the tail (no decision ever uses bytes beyond a frame's caplen)
+    late = np.flatnonzero(off > last)
+    if len(late):
+        start = int(off[late].min())
+        pad = np.zeros(len(d) - start + WINDOW, dtype=np.uint8)
+        pad[:len(d) - start] = d[start:]
+        late_m = np.ndarray(shape=(len(pad) - WINDOW + 1,), dtype=win.dtype, buffer=pad,
+                            strides=(1,))[off[late] - start].view(np.uint8).reshape(len(late), WINDOW)
+        off = np.minimum(off, last)
     elig = np.empty(n, np.bool_)
     cols = {k: np.empty(n, t) for k, t in _OUT}
     for a in range(0, n, BLOCK):                    # blocks small enough for the temporaries to stay in cache
         b = min(n, a + BLOCK)
-        _block(win[off[a:b]].view(np.uint8).reshape(b - a, WINDOW), fb.caplen[a:b], fb.wire_len[a:b],
-               elig[a:b], {k: v[a:b] for k, v in cols.items()})
-    if not all_inside:
-        elig &= inside
+        m = win[off[a:b]].view(np.uint8).reshape(b - a, WINDOW)
+        if len(late) and late[-1] >= a:
+            here = (late >= a) & (late < b)
+            m[late[here] - a] = late_m[here]
+        _block(m, fb.caplen[a:b], fb.wire_len[a:b], elig[a:b], {k: v[a:b] for k, v in cols.items()})
     return elig, cols
 
 
