@@ -39,7 +39,7 @@ _ANCBUF = socket.CMSG_SPACE(_AUX.size) + socket.CMSG_SPACE(_TS.size) + 64
 LOOPBACK_ARPHRD = 772
 
 
-def open_l2_listen(iface: str, bpf_filter: str | None, promisc: bool):
+def open_l2_listen(iface: str, bpf_filter: str | None, promisc: bool, snaplen: int = 262144):
     """scapy's L2 listening socket with the kernel filter attached; CaptureError with a hint on failure."""
     try:
         import scapy.arch  # noqa: F401  (sets conf.L2listen for this platform)
@@ -53,7 +53,14 @@ def open_l2_listen(iface: str, bpf_filter: str | None, promisc: bool):
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # scapy warns that it cannot dissect lo: we never dissect
     try:
-        return conf.L2listen(iface=iface, filter=bpf_filter or None, promisc=promisc)
+        l2 = conf.L2listen(iface=iface, filter=None, promisc=promisc)
+        try:
+            attach_kernel_filter(l2.ins, bpf_filter, iface, snaplen,
+                                 drop_outgoing=l2.ins.getsockname()[3] == LOOPBACK_ARPHRD)
+        except BaseException:
+            l2.close()
+            raise
+        return l2
     except PermissionError as err:
         need = "CAP_NET_RAW and CAP_NET_ADMIN" if promisc else "CAP_NET_RAW"
         raise CaptureError(iface, None, f"cannot open a raw socket: {err}",
@@ -66,6 +73,46 @@ def open_l2_listen(iface: str, bpf_filter: str | None, promisc: bool):
                            "check the filter syntax (tcpdump's); it needs libpcap installed") from err
     finally:
         quiet.setLevel(level)
+
+
+SKF_AD_PKTTYPE = -0x1000 + 4     # SKF_AD_OFF + SKF_AD_PKTTYPE: the packet type, as an ancillary load
+SO_ATTACH_FILTER = 26
+_BPF_LD_W_ABS, _BPF_JEQ_K, _BPF_RET_K = 0x20, 0x15, 0x06
+
+
+def kernel_program(bpf_filter: str | None, iface: str, snaplen: int,
+                   drop_outgoing: bool) -> list[tuple[int, int, int, int]]:
+    """The classic BPF program to attach: libpcap's compilation of ``bpf_filter`` (through scapy),
+    its accept verdicts capped at ``snaplen`` (the kernel then copies only that much), and on
+    loopback a prefix that drops the outgoing copy of each packet in the kernel (libpcap drops
+    it in user space)."""
+    insns: list[tuple[int, int, int, int]] = []
+    if bpf_filter:
+        from scapy.arch.common import compile_filter
+
+        prog = compile_filter(bpf_filter, iface)
+        insns = [(prog.bf_insns[i].code, prog.bf_insns[i].jt, prog.bf_insns[i].jf, prog.bf_insns[i].k)
+                 for i in range(prog.bf_len)]
+        insns = [(c, jt, jf, min(k, snaplen)) if c == _BPF_RET_K and k else (c, jt, jf, k)
+                 for c, jt, jf, k in insns]
+    else:
+        insns = [(_BPF_RET_K, 0, 0, snaplen)]
+    if drop_outgoing:
+        insns = [(_BPF_LD_W_ABS, 0, 0, SKF_AD_PKTTYPE & 0xFFFFFFFF), (_BPF_JEQ_K, 0, 1, PACKET_OUTGOING),
+                 (_BPF_RET_K, 0, 0, 0)] + insns
+    return insns
+
+
+def attach_kernel_filter(sock: socket.socket, bpf_filter: str | None, iface: str, snaplen: int,
+                         drop_outgoing: bool) -> None:
+    import ctypes
+
+    insns = kernel_program(bpf_filter, iface, snaplen, drop_outgoing)
+    arr = (ctypes.c_uint8 * (8 * len(insns)))()
+    for i, (c, jt, jf, k) in enumerate(insns):
+        struct.pack_into("HBBI", arr, 8 * i, c, jt, jf, k)
+    fprog = struct.pack("HL", len(insns), ctypes.addressof(arr))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
 
 class LiveSource:
@@ -84,7 +131,7 @@ class LiveSource:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.iface, self.snaplen, self.batch_size, self.timeout = iface, snaplen, batch_size, timeout
-        self._l2 = open_l2_listen(iface, bpf_filter, promisc)
+        self._l2 = open_l2_listen(iface, bpf_filter, promisc, snaplen)
         self.sock: socket.socket = self._l2.ins
         for opt in (SO_RCVBUFFORCE, socket.SO_RCVBUF):
             try:
