@@ -6,6 +6,7 @@ Runs (each prints one row of the table):
   paced       the pcap replayed at a fixed packet rate (--rate, default 300k/s; the agent's --pps),
               drops allowed:
               packets/s, dropped updates, verdict latency p50/p99
+  live        the same pcap sent by tcpreplay --topspeed onto loopback, captured live (-i lo)
   1M-flows    one million distinct flows (2 packets each, all alive at once): peak RSS stays bounded
 
 Latency is measured per verdict from the wall-clock time the agent read the
@@ -124,6 +125,57 @@ def run_pipeline(pcap: Path, model: Path, tmp: Path, *, pps: float | None, lossl
     }
 
 
+def run_live(n_live: int, model: Path, tmp: Path, classify_args: list[str]) -> dict | None:
+    """tcpreplay --topspeed onto loopback, captured live by the agent (-i lo), classified."""
+    import shutil
+    import signal
+
+    from trafficsnn.packets.live import can_capture
+
+    ok, why = can_capture("lo")
+    if not ok or not shutil.which("tcpreplay"):
+        print(f"live run skipped: {why or 'tcpreplay not installed (apt-get install tcpreplay)'}", file=sys.stderr)
+        return None
+    full = tmp / "live.pcap"  # real frame lengths: what goes on the wire must be consistent
+    write_demo_pcap(full, n_flows=max(1, n_live // 25), packets_per_flow=25, duration=20.0, seed=3, heavy=True,
+                    full=True)
+    pcap = full
+    ep = f"ipc://{tmp}/live.sock"
+    out = tmp / "live.jsonl"
+    cerr, aerr = tmp / "live.classify.err", tmp / "live.capture.err"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    cls = subprocess.Popen([sys.executable, "-m", "trafficsnn.cli", "classify", "--bind", ep, "--model", str(model),
+                            "--device", "cpu", "--threads", "1", "--jsonl", str(out), "--exit-after-eos", "1",
+                            *classify_args], stdout=subprocess.DEVNULL, stderr=open(cerr, "w"), env=env)
+    cap = subprocess.Popen([sys.executable, "-m", "trafficsnn.cli", "capture", "-i", "lo", "-f", "udp or tcp",
+                            "--connect", ep, "--sensor", "live"], stdout=subprocess.DEVNULL,
+                           stderr=open(aerr, "w"), env=env)
+    mc, ma = PeakRSS(cls), PeakRSS(cap)
+    mc.start()
+    ma.start()
+    time.sleep(4.0)
+    rep = subprocess.run(["tcpreplay", "-i", "lo", "--topspeed", str(pcap)], capture_output=True, text=True)
+    time.sleep(1.5)
+    cap.send_signal(signal.SIGTERM)
+    cap.wait(timeout=120)
+    cls.wait(timeout=600)
+    mc.join()
+    ma.join()
+    a = _last_json(aerr, "capture")
+    c = _last_json(cerr, "classify")
+    lat = [v["latency_ms"] for v in map(json.loads, open(out)) if "latency_ms" in v and v["reason"] != "eof"]
+    lat_a = np.array(lat) if lat else np.array([np.nan])
+    sent = next((int(ln.split()[1]) for ln in rep.stdout.splitlines() if ln.strip().startswith("Actual:")), 0)
+    rate = next((ln.split(",")[-1].strip() for ln in rep.stdout.splitlines() if "Rated:" in ln), "?")
+    return {"run": f"live lo (tcpreplay {rate})", "packets": a["packets"], "flows": a.get("flows_created", 0),
+            "pps": float("nan"), "updates_sent": a["updates_sent"], "updates_dropped": a["updates_dropped"],
+            "packets_dropped": a["packets_dropped"], "lat_p50_ms": float(np.percentile(lat_a, 50)),
+            "lat_p99_ms": float(np.percentile(lat_a, 99)),
+            "rss_capture_mb": ma.peak, "rss_classify_mb": mc.peak, "state_evicted": 0,
+            "note": f"tcpreplay sent {sent}, agent captured {a['packets']}, kernel drops {a.get('kernel_drops')}, "
+                    f"classified {c['counters'].get('packets', 0)} packets"}
+
+
 def _last_json(path: Path, key: str) -> dict:
     for line in reversed(path.read_text().splitlines()):
         if line.startswith("{") and f'"{key}"' in line:
@@ -148,7 +200,8 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=300_000, help="packets/s of the paced run")
     ap.add_argument("--flows-run", type=int, default=1_000_000, help="distinct flows of the memory run (0 = skip)")
     ap.add_argument("--model", type=Path, default=None, help="model dir (default: a random model)")
-    ap.add_argument("--runs", default="top,paced,flows")
+    ap.add_argument("--runs", default="top,paced,live,flows")
+    ap.add_argument("--live-packets", type=int, default=300_000, help="packets tcpreplay sends in the live run")
     ap.add_argument("--batch-ms", type=float, default=10.0, help="classifier micro-batch wait")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -177,6 +230,10 @@ def main() -> None:
             rows.append(run_pipeline(pcap, model, tmp, pps=args.rate, lossless=False,
                                      classify_args=common_c, capture_args=["--hwm", "1000"],
                                      label=f"paced {args.rate / 1e3:.0f}k/s"))
+        if "live" in runs:
+            r = run_live(args.live_packets, model, tmp, common_c)
+            if r:
+                rows.append(r)
         if "flows" in runs and args.flows_run:
             big = tmp / "flows.pcap"
             write_demo_pcap(big, n_flows=args.flows_run, packets_per_flow=2, duration=1.0, spread=100.0, seed=2)
@@ -195,6 +252,9 @@ def main() -> None:
         print(f"| {r['run']} | {r['packets']:,} | {r['flows']:,} | {r['pps']:,.0f} | {r['updates_sent']:,} | "
               f"{r['updates_dropped']:,} | {r['packets_dropped']:,} | {r['lat_p50_ms']:.1f} | {r['lat_p99_ms']:.1f} | "
               f"{r['rss_capture_mb']:.0f} | {r['rss_classify_mb']:.0f} | {r['state_evicted']:,} |")
+    for r in rows:
+        if r.get("note"):
+            print(f"\n{r['run']}: {r['note']}")
     print(f"\n(cpu count {os.cpu_count()}; latency over first verdicts of flows, emit=first/min-confidence 0)")
 
 

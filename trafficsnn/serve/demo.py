@@ -29,14 +29,14 @@ def make_random_model(directory: str | Path, classes: list[str] | None = None, s
 
 def write_demo_pcap(path: str | Path, n_flows: int = 20, packets_per_flow: int = 30, duration: float = 20.0,
                     seed: int = 0, start: float = 1_700_000_000.0, spread: float | None = None,
-                    tcp_fraction: float = 0.5, heavy: bool = False) -> int:
+                    tcp_fraction: float = 0.5, heavy: bool = False, full: bool = False) -> int:
     """A pcap of ``n_flows`` IPv4 UDP/TCP flows (headers only, zero payload bytes not stored).
 
     Flows start uniformly over ``spread`` seconds (default ``duration``) and last up
     to ``duration``; packets of all flows are interleaved in time order. With
     ``heavy``, flow sizes are heavy-tailed (Pareto, mean ``packets_per_flow``) and
     durations log-uniform from 50 ms, closer to real traffic. Returns the
-    number of packets written. Vectorised: a million packets take about a second.
+    number of packets written (``full`` stores the zero payload too). Vectorised: a million packets take about a second.
     """
     import struct
 
@@ -93,7 +93,9 @@ def write_demo_pcap(path: str | Path, n_flows: int = 20, packets_per_flow: int =
     h[udp, 38], h[udp, 39] = ulen >> 8, ulen & 0xFF
     h[tcp, 46] = 0x50
     h[tcp, 47] = np.where(first[tcp], 0x02, 0x18)  # SYN first, then PSH|ACK
-    incl = hl.astype(np.int64)
+    # headers only (payload bytes not stored, as tcpdump -s), or whole zero-filled frames (``full``:
+    # what a replay onto a real interface needs, since the lengths in the headers must hold)
+    incl = (frame_len if full else hl).astype(np.int64)
     rec = 16 + incl
     off = np.concatenate([[0], np.cumsum(rec)[:-1]])
     buf = np.zeros(int(rec.sum()), np.uint8)
