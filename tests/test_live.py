@@ -16,6 +16,13 @@ from trafficsnn import wire
 from trafficsnn.packets.live import LiveSource, can_capture
 
 OK, WHY = can_capture("lo")
+if OK:
+    try:  # --filter compiles through libpcap (Debian: libpcap0.8)
+        from scapy.arch.common import compile_filter
+
+        compile_filter("udp", linktype=1)
+    except Exception as err:  # noqa: BLE001
+        OK, WHY = False, f"libpcap unavailable for BPF filters: {err}"
 pytestmark = pytest.mark.skipif(not OK, reason=f"live capture not possible here: {WHY}")
 
 
