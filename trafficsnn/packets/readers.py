@@ -1,9 +1,10 @@
 """Capture file readers: classic pcap and pcapng, streamed in bounded memory.
 
 The format comes from the magic number, never the file name (many ``.pcap``
-files are pcapng). The file is read in chunks; each chunk's records are
-located by a tight header walk and their fields gathered with numpy, so a
-``FrameBatch`` never costs a Python object per frame. Damage (cut short,
+files are pcapng). The file is read in chunks (into arrays that are reused once
+no batch references them); each chunk's records are located by a header walk
+(vectorised and proven for classic pcap, see ``walk.py``) and their fields
+gathered with numpy, so a ``FrameBatch`` never costs a Python object per frame. Damage (cut short,
 corrupt header, absurd lengths, garbage) stops the reader at the last good
 record: the packets before it are kept and the damage is recorded as a
 ``CaptureError`` in ``reader.errors`` (or raised with ``strict=True``).
