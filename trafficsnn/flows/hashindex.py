@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 EMPTY, TOMB = -1, -2
+_SPARSE_UP_TO = 1 << 16     # live entries up to which the index is kept at load <= 1/4
 
 
 class HashIndex:
@@ -98,8 +99,11 @@ class HashIndex:
     def _rehash(self, need: int) -> None:
         live = self.vals >= 0
         k, v = self.keys[live], self.vals[live]
+        # load <= 1/4 while the index is small (shorter probe runs, fewer rehashes), <= 1/2 for
+        # large tables, where its memory per flow matters
         cap = 16
-        while cap < 2 * max(need, 1) + 2:
+        grow = 4 if need <= _SPARSE_UP_TO else 2
+        while cap < grow * max(need, 1) + 2:
             cap *= 2
         cap = max(cap, 1024)
         self._alloc(cap)
