@@ -45,7 +45,7 @@ def _gather_u32(d: np.ndarray, offs: np.ndarray, nwords: int, order: str) -> np.
     """``nwords`` consecutive 32-bit words at each offset -> (n, nwords) native uint32."""
     w = 4 * nwords
     win = np.ndarray(shape=(max(len(d) - w + 1, 0),), dtype=np.dtype((np.void, w)), buffer=d, strides=(1,))
-    return win[offs].view(order + "u4").reshape(len(offs), nwords).astype(np.uint32)
+    return win[offs].view(order + "u4").reshape(len(offs), nwords).astype(np.uint32, copy=False)
 
 
 def _read_fully(f: BinaryIO, n: int) -> bytes:
