@@ -58,15 +58,26 @@ def _mix(h: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 def _small(vlan, proto, aport, bport) -> np.ndarray:
-    """VLAN, protocol and both ports packed in one uint64."""
-    return ((vlan.astype(np.uint64) << np.uint64(40)) | (proto.astype(np.uint64) << np.uint64(32))
-            | (aport.astype(np.uint64) << np.uint64(16)) | bport.astype(np.uint64))
+    """VLAN, protocol and both ports packed in one uint64 (one 16-bit lane each)."""
+    out = np.zeros(len(vlan), np.uint64)
+    lanes = out.view(np.uint16).reshape(-1, 4)
+    lanes[:, 0] = bport
+    lanes[:, 1] = aport
+    lanes[:, 2] = proto
+    lanes[:, 3] = vlan
+    return out
+
+
+_K = [np.uint64(k) for k in (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9,
+                             0xD6E8FEB86659FD93)]
 
 
 def _hash5(ahi, alo, bhi, blo, small) -> np.ndarray:
-    h = _mix(ahi ^ _C2, alo)
-    h = _mix(h, bhi)
-    h = _mix(h, blo)
+    """Each word times its own odd constant, combined, then one splitmix64 round with the last."""
+    h = ahi * _K[0]
+    h ^= alo * _K[1]
+    h ^= bhi * _K[2]
+    h ^= blo * _K[3]
     return _mix(h, small)
 
 
