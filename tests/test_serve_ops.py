@@ -212,3 +212,32 @@ def test_fixed_packet_rate_replay(tmp_path):
     assert 0.18 <= took < 5  # 400 packets at 2000/s
     with pytest.raises(ConfigError):
         AgentConfig(pcap=("x",), connect=("inproc://a",), pps=10, speed=1.0).validate()
+
+
+def test_shards_each_flow_goes_to_one_classifier(tmp_path):
+    from trafficsnn import wire
+
+    pcap = tmp_path / "s.pcap"
+    n = write_demo_pcap(pcap, n_flows=30, packets_per_flow=12, duration=3.0, seed=4)
+    ctx = zmq.Context()
+    pulls = [ctx.socket(zmq.PULL) for _ in range(3)]
+    eps = [f"inproc://shard{i}" for i in range(3)]
+    for p, ep in zip(pulls, eps):
+        p.bind(ep)
+    snap = CaptureAgent(AgentConfig(pcap=(str(pcap),), connect=tuple(eps), lossless=True, every=4,
+                                    stats_interval=0, sensor="s"), ctx=ctx).run()
+    owner: dict[int, int] = {}
+    packets = eos = 0
+    for i, p in enumerate(pulls):
+        while p.poll(200):
+            msg = wire.decode(p.recv_multipart())
+            if isinstance(msg, wire.UpdateBatch):
+                packets += msg.n_packets
+                for fid in msg.keys["flow_id"].tolist():
+                    assert owner.setdefault(fid, i) == i  # never split across shards
+            elif msg.eos:
+                eos += 1
+        p.close(0)
+    ctx.term()
+    assert packets == n == snap["counters"]["packets_sent"] and eos == 3
+    assert len(set(owner.values())) == 3

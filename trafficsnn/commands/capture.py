@@ -24,7 +24,8 @@ from ..serve.config import config_option
 @click.option("--promisc/--no-promisc", default=False, show_default=True,
               help="Promiscuous mode (needs CAP_NET_ADMIN as well as CAP_NET_RAW).")
 @click.option("--connect", multiple=True, metavar="ENDPOINT",
-              help="ZeroMQ endpoint of the classifier to send updates to, e.g. ipc:///run/trafficsnn/updates.")
+              help="ZeroMQ endpoint of the classifier to send updates to, e.g. ipc:///run/trafficsnn/updates. "
+                   "Repeat for classifier shards: each flow always goes to the same one.")
 @click.option("--bind", multiple=True, metavar="ENDPOINT", help="Bind a ZeroMQ PUSH endpoint instead (classifiers connect).")
 @click.option("--sensor", default=None, help="Sensor id carried in every message (default: host name).")
 @click.option("--every", type=int, default=8, show_default=True, help="Send a flow update every K packets of a flow.")

@@ -105,10 +105,14 @@ class CaptureAgent:
         self._pending: list[FlowUpdate] = []
         self._walls: list[float] = []
         self._pending_since = 0.0
-        self.sock = self._make_socket()
+        # several endpoints = classifier shards: one socket each, every flow always to the same one
+        # (a classifier keeps per-flow state); a single PUSH would round-robin a flow's updates
+        eps = [("bind", ep) for ep in cfg.bind] + [("connect", ep) for ep in cfg.connect]
+        self.socks = [self._make_socket([e]) for e in eps]
+        self.sock = self.socks[0]
 
     # ------------------------------------------------------------- setup
-    def _make_socket(self) -> zmq.Socket:
+    def _make_socket(self, endpoints: list[tuple[str, str]]) -> zmq.Socket:
         cfg = self.cfg
         s = self.ctx.socket(zmq.PUSH)
         s.sndhwm = cfg.hwm
@@ -119,13 +123,11 @@ class CaptureAgent:
 
             secure_client(s, cfg.curve_secret, cfg.curve_server or "")
         try:
-            for ep in cfg.bind:
-                s.bind(ep)
-            for ep in cfg.connect:
-                s.connect(ep)
+            for how, ep in endpoints:
+                getattr(s, how)(ep)
         except zmq.ZMQError as err:
             s.close(0)
-            raise ConfigError(f"cannot use ZeroMQ endpoint {cfg.bind or cfg.connect}: {err}") from err
+            raise ConfigError(f"cannot use ZeroMQ endpoint {endpoints[0][1]}: {err}") from err
         return s
 
     def _make_table(self) -> Any:
@@ -274,12 +276,13 @@ class CaptureAgent:
             self._queue(self.table.flush("eof"), time.time())
         self._send_pending()
         self._send_stats(eos=True)
-        if self.cfg.lossless and not self._stop.is_set():
-            # lossless replay: what ZeroMQ accepted must reach the classifier, however far behind it is
-            self.sock.linger = int(self.cfg.lossless_linger_s * 1000)
-        else:
-            self.sock.linger = 2000  # give what is queued a moment to leave
-        self.sock.close()
+        for sock in self.socks:
+            if self.cfg.lossless and not self._stop.is_set():
+                # lossless replay: what ZeroMQ accepted must reach the classifier, however far behind it is
+                sock.linger = int(self.cfg.lossless_linger_s * 1000)
+            else:
+                sock.linger = 2000  # give what is queued a moment to leave
+            sock.close()
         if self._own_ctx:
             self.ctx.term()  # waits (up to the linger) until queued messages have left the process
         if self.metrics is not None:
@@ -316,11 +319,22 @@ class CaptureAgent:
             self._send(ups, walls)
 
     def _send(self, ups: list[FlowUpdate], walls: list[float]) -> None:
+        n = len(self.socks)
+        if n > 1:
+            shard = [u.flow_id % n for u in ups]
+            for i, sock in enumerate(self.socks):
+                sel = [j for j, x in enumerate(shard) if x == i]
+                if sel:
+                    self._send_one([ups[j] for j in sel], [walls[j] for j in sel], sock)
+            return
+        self._send_one(ups, walls, self.sock)
+
+    def _send_one(self, ups: list[FlowUpdate], walls: list[float], sock: zmq.Socket) -> None:
         self._msg_seq += 1
         frames = wire.encode_updates(ups, sensor=self.cfg.sensor, msg_seq=self._msg_seq,
                                      sent_wall=time.time(), walls=walls)
         npk = int(frames[3].shape[0])  # the ts frame
-        if self._deliver(frames):
+        if self._deliver(frames, sock):
             self.counters["messages_sent"] += 1
             self.counters["updates_sent"] += len(ups)
             self.counters["packets_sent"] += npk
@@ -329,16 +343,16 @@ class CaptureAgent:
             self.counters["updates_dropped"] += len(ups)
             self.counters["packets_dropped"] += npk
 
-    def _deliver(self, frames: list[Any]) -> bool:
+    def _deliver(self, frames: list[Any], sock: zmq.Socket) -> bool:
         while True:
             try:
-                self.sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+                sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
                 return True
             except zmq.Again:
                 if not self.cfg.lossless or self._stop.is_set():
                     return False
                 # lossless file replay: wait for room, but keep the watchdog fed and obey SIGTERM
-                self.sock.poll(100, zmq.POLLOUT)
+                sock.poll(100, zmq.POLLOUT)
                 self._housekeeping(time.monotonic())
 
     def _send_stats(self, eos: bool = False) -> None:
@@ -346,13 +360,14 @@ class CaptureAgent:
         self._msg_seq += 1
         frames = wire.encode_stats(self.snapshot()["counters"], sensor=self.cfg.sensor, msg_seq=self._msg_seq,
                                    sent_wall=time.time(), eos=eos)
-        if eos and self.cfg.lossless:
-            self._deliver(frames)
-            return
-        try:
-            self.sock.send_multipart(frames, flags=zmq.NOBLOCK)
-        except zmq.Again:
-            pass
+        for sock in self.socks:  # every shard hears the counters and the end of the stream
+            if eos and self.cfg.lossless:
+                self._deliver(frames, sock)
+                continue
+            try:
+                sock.send_multipart(frames, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                pass
 
     # ------------------------------------------------------------- control and counters
     def stop(self) -> None:
