@@ -221,7 +221,7 @@ def main() -> None:
                                 spread=duration, seed=1, heavy=True)
 
 
-        common_c = ["--emit", "first", "--min-confidence", "0", "--batch", "2048", "--batch-ms", str(args.batch_ms),
+        common_c = ["--emit", "first", "--min-confidence", "0", "--batch", "4096", "--batch-ms", str(args.batch_ms),
                     "--rcvhwm", "1000"]
         if "top" in runs:
             rows.append(run_pipeline(pcap, model, tmp, pps=None, lossless=True, classify_args=common_c,

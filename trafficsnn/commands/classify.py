@@ -22,7 +22,7 @@ from ..serve.config import config_option
               help="first: once, when confident enough or at flow end; update: after every update; final: at flow end.")
 @click.option("--min-confidence", type=click.FloatRange(0, 1), default=0.8, show_default=True,
               help="With --emit first: the confidence that triggers the verdict before the flow ends.")
-@click.option("--batch", type=int, default=512, show_default=True, help="Micro-batch: at most this many updates...")
+@click.option("--batch", type=int, default=4096, show_default=True, help="Micro-batch: at most this many updates...")
 @click.option("--batch-ms", type=float, default=5.0, show_default=True, help="...or this many milliseconds.")
 @click.option("--max-flows", type=int, default=250_000, show_default=True,
               help="Per-flow SNN states kept; the least recently updated are evicted beyond it (counted).")

@@ -40,7 +40,7 @@ class ClassifyConfig:
     pub: tuple[str, ...] = ()
     emit: str = "first"
     min_confidence: float = 0.8
-    batch: int = 512
+    batch: int = 4096
     batch_ms: float = 5.0
     max_flows: int = 250_000
     rcvhwm: int = 1000

@@ -34,7 +34,7 @@ class ReplayResult:
 
 
 def replay(paths: list[str], *, model: str | None = None, inproc: bool = False, every: int = 8,
-           window: float | None = 1.0, device: str = "cpu", emit: str = "final", batch: int = 512,
+           window: float | None = 1.0, device: str = "cpu", emit: str = "final", batch: int = 4096,
            batch_ms: float = 5.0, timeout: float = 600.0, extra_classify_args: list[str] | None = None
            ) -> ReplayResult:
     with tempfile.TemporaryDirectory(prefix="trafficsnn-replay-") as tmp:
