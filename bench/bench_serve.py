@@ -105,6 +105,7 @@ def run_pipeline(pcap: Path, model: Path, tmp: Path, *, pps: float | None, lossl
     wall = t_last - min(t_first, t_last)
     lat_a = np.array(lat) if lat else np.array([np.nan])
     return {
+        "load": os.getloadavg()[0],
         "run": label,
         "packets": astats["packets"],
         "flows": astats.get("flows_created", 0),
@@ -167,7 +168,7 @@ def run_live(n_live: int, model: Path, tmp: Path, classify_args: list[str]) -> d
     lat_a = np.array(lat) if lat else np.array([np.nan])
     sent = next((int(ln.split()[1]) for ln in rep.stdout.splitlines() if ln.strip().startswith("Actual:")), 0)
     rate = next((ln.split(",")[-1].strip() for ln in rep.stdout.splitlines() if "Rated:" in ln), "?")
-    return {"run": f"live lo (tcpreplay {rate})", "packets": a["packets"], "flows": a.get("flows_created", 0),
+    return {"load": os.getloadavg()[0], "run": f"live lo (tcpreplay {rate})", "packets": a["packets"], "flows": a.get("flows_created", 0),
             "pps": float("nan"), "updates_sent": a["updates_sent"], "updates_dropped": a["updates_dropped"],
             "packets_dropped": a["packets_dropped"], "lat_p50_ms": float(np.percentile(lat_a, 50)),
             "lat_p99_ms": float(np.percentile(lat_a, 99)),
@@ -245,13 +246,14 @@ def main() -> None:
         print(json.dumps(rows, indent=2))
         return
     hdr = ("run", "packets", "flows", "pkt/s e2e", "upd sent", "upd drop", "pkt drop", "lat p50 ms",
-           "lat p99 ms", "RSS cap MB", "RSS cls MB", "evicted")
+           "lat p99 ms", "RSS cap MB", "RSS cls MB", "evicted", "load avg")
     print("| " + " | ".join(hdr) + " |")
     print("|" + "---|" * len(hdr))
     for r in rows:
         print(f"| {r['run']} | {r['packets']:,} | {r['flows']:,} | {r['pps']:,.0f} | {r['updates_sent']:,} | "
               f"{r['updates_dropped']:,} | {r['packets_dropped']:,} | {r['lat_p50_ms']:.1f} | {r['lat_p99_ms']:.1f} | "
-              f"{r['rss_capture_mb']:.0f} | {r['rss_classify_mb']:.0f} | {r['state_evicted']:,} |")
+              f"{r['rss_capture_mb']:.0f} | {r['rss_classify_mb']:.0f} | {r['state_evicted']:,} | "
+              f"{r.get('load', float('nan')):.1f} |")
     for r in rows:
         if r.get("note"):
             print(f"\n{r['run']}: {r['note']}")

@@ -170,13 +170,18 @@ class CaptureAgent:
                     if t0_wall is None:
                         t0_wall, sent = time.monotonic(), 0
                     step = max(1, int(cfg.pps * 0.005))
-                    for a in range(0, len(fb), step):
-                        part = _slice(fb, a, min(a + step, len(fb)))
-                        due = t0_wall + (sent + len(part)) / cfg.pps
-                        if not self._wait_until(due):
-                            return
-                        sent += len(part)
-                        yield part
+                    a = 0
+                    while a < len(fb):
+                        # everything that is due now goes in one slice (catching up takes big batches)
+                        due_n = int((time.monotonic() - t0_wall) * cfg.pps) - sent
+                        if due_n < min(step, len(fb) - a):
+                            if not self._wait_until(t0_wall + (sent + min(step, len(fb) - a)) / cfg.pps):
+                                return
+                            continue
+                        b = min(len(fb), a + max(due_n, 1))
+                        sent += b - a
+                        yield _slice(fb, a, b)
+                        a = b
                     continue
                 if not (cfg.speed and len(fb)):
                     yield fb
