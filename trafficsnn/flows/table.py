@@ -286,7 +286,7 @@ class FlowTable:
         gfirst = order[gstart]
         gid_o = np.empty(n, np.int64)
         gid_o[order] = gid
-        if any((c != c[gfirst][gid_o]).any() for c in cols5):
+        if any((c != np.take(c[gfirst], gid_o)).any() for c in cols5):
             self.stats["hash_collisions"] += 1
             order = np.lexsort(cols5[::-1])
             chg = np.zeros(n - 1, bool)
@@ -320,9 +320,10 @@ class FlowTable:
                     gslot[g] = s
         live_g = gslot >= 0
 
-        ts = batch.ts[order]
-        fl = batch.tcp_flags[order]
-        fa = from_a[order]
+        # (np.take: a third faster than fancy indexing for these 1-D gathers)
+        ts = np.take(batch.ts, order)
+        fl = np.take(batch.tcp_flags, order)
+        fa = np.take(from_a, order)
         is_gs = np.zeros(n, bool)
         is_gs[gstart] = True
         pslot_g = np.where(live_g, gslot, 0)
@@ -339,7 +340,7 @@ class FlowTable:
             idle = (ts - prev) > self.idle_timeout
             why[idle] = R_IDLE
             start_new |= idle
-        is_tcp = batch.proto[order] == 6
+        is_tcp = np.take(batch.proto, order) == 6
         if self.tcp_close:
             rst = ((fl & TCP_RST) != 0) & is_tcp
             if rst.any():
@@ -467,9 +468,9 @@ class FlowTable:
             self._n_live += nf
             self.stats["flows_created"] += nf
 
-        pslot = seg_slot[sid]
-        direction = (fa != S["client_a"][pslot]).astype(np.uint8)
-        wire = batch.wire_len[order]
+        pslot = np.take(seg_slot, sid)
+        direction = (fa != np.take(S["client_a"], pslot)).astype(np.uint8)
+        wire = np.take(batch.wire_len, order)
         d0 = direction == 0
         w64 = wire.astype(np.int64)
         c0 = np.add.reduceat(d0.astype(np.int64), sst)
@@ -495,7 +496,7 @@ class FlowTable:
         else:
             kept = cnt
             sel = slice(None)
-        size = batch.ip_len[order]
+        size = np.take(batch.ip_len, order)
         had_none = (prior - S["sent"][seg_slot]) == 0
         base = self._store.append(ts=ts[sel], size=size[sel], direction=direction[sel],
                                   wire_len=wire[sel], tcp_flags=fl[sel])
@@ -630,7 +631,7 @@ class FlowTable:
         total = int(L.sum())
         cum = np.cumsum(L) - L
         flat = np.repeat(st - cum, L) + np.arange(total)
-        cols = {k: self._store.cols[k][flat] for k in self._store.cols}
+        cols = {k: np.take(self._store.cols[k], flat) for k in self._store.cols}
         counts = np.bincount(rk, weights=L, minlength=len(slots)).astype(np.int64)
         offsets = np.concatenate(([0], np.cumsum(counts)))
         G.cols["alive"][idx] = False
@@ -666,7 +667,7 @@ class FlowTable:
         flat = np.repeat(stt - cum, L) + np.arange(total)
         cap = max(4096, 2 * total)
         new = _Grow(_STORE_COLS, cap)
-        new.append(**{k: st.cols[k][flat] for k in st.cols})
+        new.append(**{k: np.take(st.cols[k], flat) for k in st.cols})
         self._store = new
         ss = slots[o]
         us, first = np.unique(ss, return_index=True)
