@@ -78,7 +78,7 @@ def _block(m: np.ndarray, caplen: np.ndarray, wire: np.ndarray, elig: np.ndarray
     if len(i6):
         e6 = np.empty(len(i6), np.bool_)
         o6 = {k: np.empty(len(i6), v.dtype) for k, v in out.items()}
-        _ipv6(m[i6], caplen[i6], wire[i6], e6, o6)
+        _ipv6(np.take(m, i6, axis=0), caplen[i6], wire[i6], e6, o6)    # (take: faster on rows)
         elig[i6] = e6
         for k, v in o6.items():
             out[k][i6] = v
