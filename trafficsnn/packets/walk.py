@@ -73,7 +73,7 @@ def chain_walk(buf: bytes, rhl: int, order: str, safe: int, lim: int,
     # index of each target among the guesses: almost always the next guess (few false ones)
     j = np.arange(1, k + 1, dtype=np.int64)
     j[-1] = k - 1
-    linked = cand[j] == nxt
+    linked = np.take(cand, j) == nxt
     miss = np.flatnonzero(~linked)
     if len(miss):
         jm = np.searchsorted(cand, nxt[miss])
@@ -86,7 +86,7 @@ def chain_walk(buf: bytes, rhl: int, order: str, safe: int, lim: int,
     keep[0] = True
     for _ in range(_MAX_ROUNDS):
         kept = np.flatnonzero(keep)
-        bad = cand[kept[1:]] != nxt[kept[:-1]]
+        bad = np.take(cand, kept[1:]) != np.take(nxt, kept[:-1])
         if not bad.any():
             break
         i = int(np.argmax(bad))              # kept[:i + 1] is a proven chain from 0
