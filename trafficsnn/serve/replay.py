@@ -46,7 +46,7 @@ def replay(paths: list[str], *, model: str | None = None, inproc: bool = False, 
             return _replay_inproc(acfg, model, device, emit, batch, batch_ms, t0)
         ep = f"ipc://{tmp}/updates"
         acfg.connect = (ep,)
-        cmd = [sys.executable, "-m", "trafficsnn.cli", "classify", "--bind", ep, "--jsonl", str(out),
+        cmd = [sys.executable, "-P", "-m", "trafficsnn.cli", "classify", "--bind", ep, "--jsonl", str(out),
                "--emit", emit, "--exit-after-eos", "1", "--device", device, "--batch", str(batch),
                "--batch-ms", str(batch_ms), *(extra_classify_args or [])]
         if model:
