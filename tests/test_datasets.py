@@ -35,7 +35,7 @@ def test_folder_source_improved(synth, tmp_path):
     # the sample equals the encoder applied to the flow (same function as the daemon)
     cap = synth / ds.capture[0]
     flow = next(iter(flows_from_capture([cap], idle_timeout=None, active_timeout=None, tcp_close=False)))
-    ref = ImprovedEncoder().flow(flow)
+    ref = ImprovedEncoder(value=ds.encoding["value"]).flow(flow)   # the preset's value (log1p)
     s = ds.sample(0)
     assert np.array_equal(s.step, ref.step) and np.array_equal(s.value, ref.value)
 

@@ -106,14 +106,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cache-dir", default=None)
     ap.add_argument("--bin-s", type=float, default=None)
     ap.add_argument("--input-value", default=None, choices=["count", "log1p"])
-    ap.add_argument("--augment", action="store_true", help="prefix/thinning augmentation (SNN and MLP)")
+    ap.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                    help="prefix/thinning augmentation for the SNN and the MLP (default: the SNN "
+                         "follows its preset, improved: on; the MLP has none)")
     ap.add_argument("--weight-decay", type=float, default=None)
     ap.add_argument("--label-smoothing", type=float, default=None)
     ap.add_argument("--out", default="crossval.json")
     a = ap.parse_args(argv)
     recipe: dict = {}
-    if a.augment:
-        recipe["augment"] = {"prefix": 0.5, "drop": 0.1}
+    if a.augment is not None:
+        recipe["augment"] = {"prefix": 0.5, "drop": 0.1} if a.augment else None
     if a.weight_decay is not None:
         recipe["weight_decay"] = a.weight_decay
     if a.label_smoothing is not None:

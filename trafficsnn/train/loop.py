@@ -43,7 +43,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 def recipe_from_preset(training: dict[str, Any]) -> dict[str, Any]:
     """Translate snn.presets' ``training`` block into the loop's recipe keys."""
     r: dict[str, Any] = {}
-    for k in ("epochs", "batch_size", "lr", "weight_decay"):
+    for k in ("epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "augment", "min_batches"):
         if k in training:
             r[k] = training[k]
     if "grad_clip_value" in training:

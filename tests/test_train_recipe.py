@@ -1,0 +1,30 @@
+"""The improved preset's defaults are the tuned recipe; flags still override them."""
+from __future__ import annotations
+
+from trafficsnn.commands.train import _recipe
+from trafficsnn.snn.presets import build_model, preset
+from trafficsnn.train.loop import TrainConfig
+
+
+def test_improved_defaults_are_the_tuned_recipe():
+    r = TrainConfig(preset="improved").recipe()
+    assert r["batch_size"] == 32 and r["weight_decay"] == 1e-3 and r["label_smoothing"] == 0.1
+    assert r["augment"] == {"prefix": 0.5, "drop": 0.1}
+    assert build_model("improved", 6).n_hidden == 200
+    assert preset("improved")["encoding"]["value"] == "log1p"
+
+
+def test_flags_override_the_preset():
+    r = TrainConfig(preset="improved", batch_size=128, extra=_recipe(False, 1e-5, 0.0)).recipe()
+    assert r["batch_size"] == 128 and r["weight_decay"] == 1e-5 and r["label_smoothing"] == 0.0
+    assert not r["augment"]
+    assert _recipe(None, None, None) == {}
+
+
+def test_paper_and_mlp_recipes_unchanged():
+    p = TrainConfig(preset="paper").recipe()
+    assert p["batch_size"] == 128 and p["weight_decay"] == 1e-5
+    assert not p.get("augment") and not p.get("label_smoothing")
+    assert build_model("paper").n_hidden == 100
+    m = TrainConfig(preset="improved", model="mlp").recipe()
+    assert m["batch_size"] == 64 and not m.get("augment")
