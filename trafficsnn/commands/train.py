@@ -64,6 +64,10 @@ state/ (resumable), test_report/ (report.json, report.md, confusion.png), summar
               help="Adam (coupled L2) weight decay (default: the preset's; improved: 1e-3).")
 @click.option("--label-smoothing", type=click.FloatRange(0, 1), default=None,
               help="Cross-entropy label smoothing (default: the preset's; improved: 0.1, paper: 0).")
+@click.option("--balance", type=click.Choice(["loss", "sampler"]), default=None,
+              help="How classes are balanced: loss = every sample once per epoch, class-weighted "
+                   "cross-entropy (improved's default); sampler = class-balanced sampling with "
+                   "replacement, unweighted loss (paper's default).")
 @click.option("--min-batches", type=click.IntRange(1), default=None,
               help="At least this many optimiser steps per epoch (small data sets; the paper uses one "
                    "training-set's worth of samples).")
@@ -79,7 +83,7 @@ state/ (resumable), test_report/ (report.json, report.md, confusion.png), summar
 def command(data, out, preset, model_kind, epochs, batch_size, lr, seed, device, split, fractions, session_groups,
             manifest, labels_csv, rules, task, max_packets, min_packets, bin_s, n_steps, input_value, augment,
             weight_decay,
-            label_smoothing, min_batches, n_hidden, resume, cache_dir, jobs, no_cache, quiet):
+            label_smoothing, balance, min_batches, n_hidden, resume, cache_dir, jobs, no_cache, quiet):
     import json
     import warnings
 
@@ -92,7 +96,7 @@ def command(data, out, preset, model_kind, epochs, batch_size, lr, seed, device,
                         max_packets=max_packets, min_packets=min_packets, resume=resume, cache_dir=cache_dir, jobs=jobs,
                         no_cache=no_cache, quiet=quiet, n_hidden=n_hidden, manifest=manifest, bin_s=bin_s,
                         n_steps=n_steps, input_value=input_value,
-                        recipe=_recipe(augment, weight_decay, label_smoothing, min_batches))
+                        recipe=_recipe(augment, weight_decay, label_smoothing, min_batches, balance))
     with warnings.catch_warnings(record=True) as caught:  # the leaky-split warning, printed in red below
         warnings.simplefilter("always", LeakySplitWarning)
         summary = train_run(data, out, opts)
@@ -103,7 +107,7 @@ def command(data, out, preset, model_kind, epochs, batch_size, lr, seed, device,
         click.echo(json.dumps(summary, indent=1))
 
 
-def _recipe(augment, weight_decay, label_smoothing, min_batches=None) -> dict:
+def _recipe(augment, weight_decay, label_smoothing, min_batches=None, balance=None) -> dict:
     r: dict = {}
     if augment is not None:   # None: the preset's choice; --no-augment switches it off
         r["augment"] = {"prefix": 0.5, "drop": 0.1} if augment else None
@@ -113,4 +117,8 @@ def _recipe(augment, weight_decay, label_smoothing, min_batches=None) -> dict:
         r["label_smoothing"] = label_smoothing
     if min_batches is not None:
         r["min_batches"] = min_batches
+    if balance is not None:
+        from ..train.loop import balance_recipe
+
+        r.update(balance_recipe(balance))
     return r

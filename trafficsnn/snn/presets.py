@@ -13,7 +13,8 @@ daemon reads the encoding from the checkpoint, which copies it from here.
   Its defaults are the recipe tuned by grouped cross-validation on the nDPI 6-class
   task (models/ndpi6-snn/MODEL_CARD.md: 0.263 vs 0.217 macro-F1 for the untuned
   defaults): 200 hidden neurons, log1p input, batch 32, weight decay 1e-3, label
-  smoothing 0.1, prefix/thinning augmentation.
+  smoothing 0.1, prefix/thinning augmentation, and (since) shuffled epochs with a
+  class-weighted loss instead of the balanced sampler (0.299 vs 0.263).
 """
 from __future__ import annotations
 
@@ -67,7 +68,9 @@ PRESETS: dict[str, dict[str, Any]] = {
             "optimizer": "adam", "lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-8,
             "weight_decay": 1e-3, "grad_clip_value": 5.0, "clamp_after_step": True,
             "batch_size": 32, "epochs": 40,
-            "sampler": "balanced",
+            # every sample once per epoch, cross-entropy weighted n / (k * count(class)): beat the
+            # balanced sampler by +0.038 macro-F1 over 10 seeds of grouped 5-fold CV (MODEL_CARD.md)
+            "sampler": "shuffle", "class_weight": "balanced",
             "label_smoothing": 0.1,
             # random flow prefixes (p = 0.5) and binomial packet thinning (count inputs only)
             "augment": {"prefix": 0.5, "drop": 0.1},

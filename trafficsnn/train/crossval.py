@@ -111,6 +111,14 @@ def main(argv: list[str] | None = None) -> None:
                          "follows its preset, improved: on; the MLP has none)")
     ap.add_argument("--weight-decay", type=float, default=None)
     ap.add_argument("--label-smoothing", type=float, default=None)
+    ap.add_argument("--balance", choices=["loss", "sampler"], default=None,
+                    help="loss: shuffled epochs + class-weighted loss; sampler: balanced sampler "
+                         "(default: the preset's for the SNN, the sampler for the MLP)")
+    ap.add_argument("--steps", type=int, default=None, help="improved encoding: time steps per sample")
+    ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--recipe", default=None,
+                    help='JSON recipe overrides, e.g. \'{"sampler": "shuffle", "class_weight": "balanced"}\'')
+    ap.add_argument("--model-json", default=None, help='SNN model overrides, e.g. \'{"beta_init": 0.9}\'')
     ap.add_argument("--out", default="crossval.json")
     a = ap.parse_args(argv)
     recipe: dict = {}
@@ -120,12 +128,19 @@ def main(argv: list[str] | None = None) -> None:
         recipe["weight_decay"] = a.weight_decay
     if a.label_smoothing is not None:
         recipe["label_smoothing"] = a.label_smoothing
+    if a.balance:
+        from .loop import balance_recipe
+
+        recipe.update(balance_recipe(a.balance))
+    if a.recipe:
+        recipe.update(json.loads(a.recipe))
     results = []
     for mp in a.max_packets.split(","):
         opts = TrainOptions(preset=a.preset, labels_csv=a.labels, session_groups=expand_session_groups(a.session_group),
                             max_packets=None if mp == "all" else int(mp), epochs=a.epochs, batch_size=a.batch_size,
                             cache_dir=a.cache_dir,
                             quiet=True, device="cpu", n_hidden=a.hidden, bin_s=a.bin_s, input_value=a.input_value,
+                            n_steps=a.steps, lr=a.lr, model_overrides=json.loads(a.model_json or "{}"),
                             recipe=recipe)
         ds = load_samples(a.data, opts)
         res = crossval(ds, opts, a.models.split(","), a.k, [int(s) for s in a.seeds.split(",")],

@@ -1,7 +1,8 @@
 """Training loop for the SNN presets and the torch MLP baseline (+ the tree baseline fit).
 
 One loop for every torch model: a class-balanced sampler (inverse class frequency, with
-replacement, one training-set's worth of samples per epoch, as the paper), cross-entropy,
+replacement, one training-set's worth of samples per epoch, as the paper) or shuffled
+epochs with a class-weighted loss (recipe ``sampler``/``class_weight``), cross-entropy,
 gradient clipping by value, per-epoch train/validation loss and macro-F1 in a JSON-lines
 log, model selection on validation (improved preset, MLP) or the last epoch (paper
 preset), and resumable state written after each epoch without pickle (safetensors for
@@ -43,7 +44,8 @@ RECIPES: dict[str, dict[str, Any]] = {
 def recipe_from_preset(training: dict[str, Any]) -> dict[str, Any]:
     """Translate snn.presets' ``training`` block into the loop's recipe keys."""
     r: dict[str, Any] = {}
-    for k in ("epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "augment", "min_batches"):
+    for k in ("epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "augment", "min_batches", "sampler",
+              "class_weight"):
         if k in training:
             r[k] = training[k]
     if "grad_clip_value" in training:
@@ -60,6 +62,16 @@ def recipe_from_preset(training: dict[str, Any]) -> dict[str, Any]:
     es = training.get("early_stopping")
     r["patience"] = int(es["patience"]) if es else None
     return r
+
+
+def balance_recipe(balance: str) -> dict[str, Any]:
+    """``--balance``: loss = every sample once per epoch + class-weighted cross-entropy;
+    sampler = the paper's class-balanced sampler with replacement, unweighted loss."""
+    if balance == "loss":
+        return {"sampler": "shuffle", "class_weight": "balanced"}
+    if balance == "sampler":
+        return {"sampler": "balanced", "class_weight": None}
+    raise ConfigError(f"unknown balance {balance!r} (use loss or sampler)")
 
 
 @dataclass
@@ -267,6 +279,11 @@ def fit_torch(
         loss = float(F.cross_entropy(logits, torch.as_tensor(ds.y), reduction="mean")) if len(ds) else 0.0
         return loss, logits.numpy()
 
+    cls_w = None
+    if r.get("class_weight") == "balanced":   # n / (k * count): inverse class frequency in the loss
+        cnt = np.bincount(train_set.y, minlength=n_cls).astype(np.float64)
+        cls_w = torch.as_tensor(len(train_set.y) / (n_cls * np.maximum(cnt, 1)), dtype=torch.float32,
+                                device=device)
     t_start = time.time()
     bs = int(r["batch_size"])
     bar = None
@@ -280,7 +297,11 @@ def fit_torch(
         model.train()
         # small data sets: at least ``min_batches`` optimiser steps per epoch (not in the paper recipe)
         n_epoch = max(len(train_set.y), int(r.get("min_batches") or 0) * bs)
-        order = balanced_indices(train_set.y, np.random.default_rng([cfg.seed, epoch]), n_epoch)
+        ep_rng = np.random.default_rng([cfg.seed, epoch])
+        if r.get("sampler", "balanced") == "shuffle":   # plain epochs (pair with class_weight)
+            order = np.resize(ep_rng.permutation(len(train_set.y)), n_epoch)
+        else:
+            order = balanced_indices(train_set.y, ep_rng, n_epoch)
         aug_rng = np.random.default_rng([cfg.seed, epoch, 1])
         tot_loss, preds, trues = 0.0, [], []
         for a in range(0, len(order), bs):
@@ -291,7 +312,7 @@ def fit_torch(
             else:
                 x = make_input(train_set, idx, device)
             logits = model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=float(r.get("label_smoothing", 0.0)))
+            loss = F.cross_entropy(logits, y, weight=cls_w, label_smoothing=float(r.get("label_smoothing", 0.0)))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if r.get("clip"):

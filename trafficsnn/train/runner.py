@@ -237,6 +237,7 @@ class TrainOptions:
     n_steps: int | None = None
     input_value: str | None = None
     jobs: int = 1                   # worker processes for sample extraction (cache misses)
+    model_overrides: dict = field(default_factory=dict)   # SNN model fields (beta_init, ...); experiments
 
 
 def load_samples(data, opts: TrainOptions, encoding=None, classes=None) -> SampleSet:
@@ -313,7 +314,9 @@ def fit_predictor(train: SampleSet, val: SampleSet, opts: TrainOptions, out: Pat
         from .loop import seed_everything
 
         seed_everything(opts.seed)
-        over = {"n_hidden": opts.n_hidden} if opts.n_hidden else {}
+        over = dict(opts.model_overrides)
+        if opts.n_hidden:
+            over["n_hidden"] = opts.n_hidden
         if train.n_steps != 300 and opts.preset == "improved":
             over["n_steps"] = train.n_steps
         model = build_model(opts.preset, n_cls, **over)
