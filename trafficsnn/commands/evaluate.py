@@ -24,7 +24,7 @@ import click
 @click.option("--jobs", "-j", type=click.IntRange(1), default=1, show_default=True,
               help="Worker processes extracting samples from captures not yet cached.")
 @click.option("--no-cache", is_flag=True)
-@click.option("--quiet", "-q", is_flag=True)
+@click.option("-q", "--quiet", is_flag=True, help="Only the summary line.")
 def command(model, data, out, labels_csv, rules, task, manifest, side, max_packets, min_packets, device, cache_dir,
             jobs, no_cache, quiet):
     """Evaluate MODEL (a directory written by `trafficsnn train`) on the captures in DATA.

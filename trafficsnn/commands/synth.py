@@ -20,7 +20,7 @@ from ..train.synth import CLASSES
 @click.option("--snaplen", type=click.IntRange(0), default=0, show_default=True,
               help="Store at most this many bytes per frame (0 = whole frames); lengths stay real.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same bytes.")
-@click.option("--quiet", is_flag=True, help="Print nothing.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing.")
 def command(out, classes, flows_per_class, captures_per_class, duration, ipv6_fraction, snaplen, seed, quiet):
     """Write OUT/<Class>/<class>_<i>.pcap with class-typical size and timing patterns
     (VoIP, Video, Chat, FileTransfer, Browsing) plus OUT/synth.json with the ground truth.

@@ -84,7 +84,6 @@ def command(data, out, preset, model_kind, epochs, batch_size, lr, seed, device,
             manifest, labels_csv, rules, task, max_packets, min_packets, bin_s, n_steps, input_value, augment,
             weight_decay,
             label_smoothing, balance, min_batches, n_hidden, resume, cache_dir, jobs, no_cache, quiet):
-    import json
     import warnings
 
     from ..train.runner import TrainOptions, expand_session_groups, train_run
@@ -104,7 +103,22 @@ def command(data, out, preset, model_kind, epochs, batch_size, lr, seed, device,
         if issubclass(w.category, LeakySplitWarning):
             click.secho(f"WARNING: {w.message}", fg="red", err=True)
     if not quiet:
-        click.echo(json.dumps(summary, indent=1))
+        click.echo(_summary_line(summary))
+
+
+def _summary_line(summary: dict) -> str:
+    """One readable line for people; the full summary is in OUT/summary.json."""
+    n = summary.get("samples", {})
+    parts = [f"{summary.get('model_kind', 'snn')}/{summary.get('preset', '?')}",
+             f"{len(summary.get('classes', []))} classes",
+             "samples train/val/test " + "/".join(str(n.get(k, 0)) for k in ("train", "val", "test"))]
+    test = summary.get("test") or {}
+    if test:
+        parts.append(f"test accuracy {test.get('accuracy', 0):.4f}, balanced accuracy "
+                     f"{test.get('balanced_accuracy', 0):.4f}, macro-F1 {test.get('macro_f1', 0):.4f}")
+    out = summary.get("model", "")
+    return "; ".join(parts) + (f"\nmodel: {out}/ (report: {out}/test_report/report.md, summary: {out}/summary.json)"
+                               if out else "")
 
 
 def _recipe(augment, weight_decay, label_smoothing, min_batches=None, balance=None) -> dict:

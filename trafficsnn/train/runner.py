@@ -147,7 +147,7 @@ def plot_confusion(c: np.ndarray, classes: Sequence[str], path: Path, title: str
     c = np.asarray(c, np.float64)
     norm = c / np.maximum(c.sum(axis=1, keepdims=True), 1)
     n = len(classes)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * n, 0.8 + 0.5 * n))
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.6 + 0.55 * n), max(4.0, 1.2 + 0.5 * n)))
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(n), classes, rotation=60, ha="right", fontsize=8)
     ax.set_yticks(range(n), classes, fontsize=8)
@@ -157,7 +157,7 @@ def plot_confusion(c: np.ndarray, classes: Sequence[str], path: Path, title: str
             if c[i, j]:
                 ax.text(j, i, int(c[i, j]), ha="center", va="center", fontsize=7,
                         color="white" if norm[i, j] > 0.5 else "black")
-    ax.set_title(title or "confusion C[true, pred] (colour: row-normalised recall)", fontsize=9)
+    ax.set_title(title or "confusion matrix C[true, pred]\n(colour: row-normalised recall)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
