@@ -48,13 +48,13 @@ def random_batch(rng, n, n_keys=20, t0=0.0, rate=10.0, tcp_close=True) -> Packet
 class RefTable:
     """Obviously-correct per-packet flow table with the same semantics as FlowTable."""
 
-    def __init__(self, idle=None, active=None, tcp_close=False):
-        self.idle, self.active, self.tcp_close = idle, active, tcp_close
+    def __init__(self, idle=None, active=None, tcp_close=False, grace=2.0):
+        self.idle, self.active, self.tcp_close, self.grace = idle, active, tcp_close, grace
         self.live, self.done, self.fid = {}, [], 0
 
     def _end(self, key, reason):
         f = self.live.pop(key)
-        f["reason"] = reason
+        f["reason"] = "fin" if f["close"] is not None else reason   # a FIN-closed flow ends as "fin"
         self.done.append(f)
 
     def add(self, b: PacketBatch):
@@ -66,7 +66,10 @@ class RefTable:
             ts, fl, tcp = float(b.ts[i]), int(b.tcp_flags[i]), int(b.proto[i]) == 6
             f = self.live.get(key)
             if f is not None:
-                if self.idle is not None and ts - f["last"] > self.idle:
+                if f["close"] is not None and ((fl & TCP_SYN and tcp) or ts - f["close"] > self.grace):
+                    self._end(key, "fin")       # closing flow: a new connection or past the grace
+                    f = None
+                elif self.idle is not None and ts - f["last"] > self.idle:
                     self._end(key, "idle")
                     f = None
                 elif self.active is not None and ts - f["first"] > self.active:
@@ -76,7 +79,7 @@ class RefTable:
                 synack = tcp and (fl & (TCP_SYN | TCP_ACK)) == (TCP_SYN | TCP_ACK)
                 client = dst if synack else src
                 f = self.live[key] = dict(fid=self.fid, client=client, first=ts, last=ts, ts=[], size=[],
-                                          dir=[], fins=set(), key=key)
+                                          dir=[], fins=set(), key=key, close=None)
                 self.fid += 1
             d = 0 if src == f["client"] else 1
             f["ts"].append(ts)
@@ -86,13 +89,15 @@ class RefTable:
             if self.tcp_close and tcp:
                 if fl & TCP_FIN:
                     f["fins"].add(d)
+                if len(f["fins"]) == 2 and f["close"] is None:
+                    f["close"] = ts             # closing: keeps the teardown's last packets
                 if fl & TCP_RST:
                     self._end(key, "rst")
-                elif len(f["fins"]) == 2:
-                    self._end(key, "fin")
         now = float(b.ts.max())
         for key, f in list(self.live.items()):
-            if self.idle is not None and now - f["last"] > self.idle:
+            if f["close"] is not None and now - f["close"] > self.grace:
+                self._end(key, "fin")
+            elif self.idle is not None and now - f["last"] > self.idle:
                 self._end(key, "idle")
             elif self.active is not None and now - f["first"] > self.active:
                 self._end(key, "active")

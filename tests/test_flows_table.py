@@ -98,14 +98,96 @@ def test_idle_gap_inside_one_batch_splits():
 def test_tcp_close_fin_both_sides_and_rst():
     b = make_batch([(0, 1, 5, 2, 80, 6, 60, SYN), (1, 2, 80, 1, 5, 6, 60, SYN | ACK),
                     (2, 1, 5, 2, 80, 6, 52, FIN | ACK), (3, 2, 80, 1, 5, 6, 52, FIN | ACK),
-                    (4, 1, 5, 2, 80, 6, 52, ACK),        # last ACK: a new (1-packet) flow
+                    (4, 1, 5, 2, 80, 6, 52, ACK),        # last ACK: stays in the closing flow
                     (5, 1, 6, 2, 80, 6, 52, ACK), (6, 2, 80, 1, 6, 6, 40, RST)])
     t = FlowTable(tcp_close=True)
-    fl = t.add(b)
-    assert sorted((f.end_reason, f.packets) for f in fl) == [("fin", 4), ("rst", 2)]
-    assert [(f.end_reason, f.packets) for f in t.flush()] == [("eof", 1)]
+    fl = t.add(b)               # the clock (6) is past the FIN grace (3 + 2): the flow is out
+    assert sorted((f.end_reason, f.packets) for f in fl) == [("fin", 5), ("rst", 2)]
+    assert t.flush() == []
     t2 = FlowTable(tcp_close=False)
     assert t2.add(b) == [] and sorted(f.packets for f in t2.flush()) == [2, 5]
+
+
+_TEARDOWN = [(0.0, 1, 5, 2, 80, 6, 60, SYN), (0.1, 2, 80, 1, 5, 6, 60, SYN | ACK),
+             (0.2, 1, 5, 2, 80, 6, 52, ACK), (0.3, 1, 5, 2, 80, 6, 500, ACK),
+             (0.4, 1, 5, 2, 80, 6, 52, FIN | ACK), (0.5, 2, 80, 1, 5, 6, 52, FIN | ACK),
+             (0.6, 1, 5, 2, 80, 6, 52, ACK)]
+
+
+@pytest.mark.parametrize("cut", range(1, len(_TEARDOWN) + 1))
+def test_fin_fin_ack_is_one_flow_across_batches(cut):
+    t = FlowTable(tcp_close=True)
+    out = t.add(make_batch(_TEARDOWN[:cut]))
+    if cut < len(_TEARDOWN):
+        out += t.add(make_batch(_TEARDOWN[cut:]))
+    assert out == [] and len(t) == 1            # closing, within the grace: not out yet
+    out = t.advance(0.5 + t.fin_grace + 0.01)   # the clock passes the grace
+    assert [(f.end_reason, f.packets, f.direction.tolist()) for f in out] == [
+        ("fin", 7, [0, 1, 0, 0, 0, 1, 0])]
+    assert len(t) == 0 and t.stats["flows_created"] == 1
+
+
+def test_closing_flow_ends_at_flush_as_fin():
+    t = FlowTable(tcp_close=True)
+    t.add(make_batch(_TEARDOWN))
+    assert [(f.end_reason, f.packets) for f in t.flush()] == [("fin", 7)]
+
+
+def test_new_syn_after_close_starts_a_new_flow():
+    reuse = [(0.7, 1, 5, 2, 80, 6, 60, SYN), (0.8, 2, 80, 1, 5, 6, 60, SYN | ACK)]
+    for rows in ([_TEARDOWN + reuse], [_TEARDOWN, reuse]):
+        t = FlowTable(tcp_close=True)
+        out = []
+        for r in rows:
+            out += t.add(make_batch(r))
+        assert [(f.end_reason, f.packets) for f in out] == [("fin", 7)]
+        rest = t.flush()
+        assert [(f.end_reason, f.packets, f.key.client_lo) for f in rest] == [("eof", 2, 1)]
+
+
+def test_packet_after_the_grace_starts_a_new_flow():
+    late = [(0.5 + 2.5, 1, 5, 2, 80, 6, 52, ACK)]
+    for rows in ([_TEARDOWN + late], [_TEARDOWN, late]):
+        t = FlowTable(tcp_close=True, fin_grace=2.0)
+        out = []
+        for r in rows:
+            out += t.add(make_batch(r))
+        assert [(f.end_reason, f.packets) for f in out] == [("fin", 7)]
+        assert [(f.end_reason, f.packets) for f in t.flush()] == [("eof", 1)]
+
+
+def test_rst_still_ends_at_once():
+    rows = [(0.0, 1, 5, 2, 80, 6, 60, SYN), (0.1, 2, 80, 1, 5, 6, 60, SYN | ACK),
+            (0.2, 1, 5, 2, 80, 6, 40, RST), (0.3, 1, 5, 2, 80, 6, 52, ACK)]
+    t = FlowTable(tcp_close=True)
+    out = t.add(make_batch(rows))
+    assert [(f.end_reason, f.packets) for f in out] == [("rst", 3)]
+    assert [(f.end_reason, f.packets) for f in t.flush()] == [("eof", 1)]
+
+
+def test_fin_grace_is_validated():
+    with pytest.raises(ValueError, match="fin_grace"):
+        FlowTable(fin_grace=-1)
+
+
+@pytest.mark.parametrize("grace", [0.0, 0.3, 5.0])
+def test_matches_reference_with_other_graces(grace):
+    rng = np.random.default_rng(int(grace * 10) + 100)
+    for trial in range(4):
+        idle = [None, 0.5, 2.0][trial % 3]
+        act = [None, 3.0][trial % 2]
+        bs = _batches(rng)
+        t = FlowTable(idle_timeout=idle, active_timeout=act, max_flows=None, fin_grace=grace)
+        r = RefTable(idle, act, True, grace=grace)
+        out = []
+        for b in bs:
+            out += t.add(b)
+            r.add(b)
+        out += t.flush()
+        out.sort(key=lambda f: f.flow_id)
+        ref = r.flush()
+        assert [(f.flow_id, f.end_reason, f.ts.tolist()) for f in out] == [
+            (g["fid"], g["reason"], g["ts"]) for g in ref]
 
 
 def test_advance_expires_quiet_flows():

@@ -12,10 +12,14 @@ per flow only the making of the emitted objects (``Flow``/``FlowUpdate``; the
 2. Look the groups up among live flows in a vectorised open-addressing hash
    index (``hashindex.HashIndex``), checking the full key of every hit.
 3. Cut each key's run into flow *instances* exactly at the packet where a flow
-   ends: an idle gap, the active timeout, a TCP RST, or the second side's FIN.
+   ends: an idle gap, the active timeout, a TCP RST, or the end of a FIN close.
    Gaps and RSTs are stateless; FIN pairs and the active timeout depend on
    where the instance started, so they are resolved by a short fixed-point
-   loop over segments (one or two rounds in practice).
+   loop over segments (one or two rounds in practice). A FIN pair does not end
+   the flow at once: the flow is *closing* from the packet completing the pair,
+   keeps the teardown's trailing packets (the last ACK) and ends before the
+   first packet of its key that carries a SYN or comes more than ``fin_grace``
+   seconds after that packet (or when the clock passes that time).
 4. Update per-flow counters (struct-of-arrays indexed by slot) and append the
    stored packets to one growable columnar store; each flow owns (start, end)
    segments in it. Emitting flows gathers their segments in one fancy-index;
@@ -150,6 +154,7 @@ _SLOT_COLS = (
     ("last_ts", np.float64), ("pk0", np.int64), ("pk1", np.int64), ("by0", np.int64),
     ("by1", np.int64), ("fin_a", np.bool_), ("fin_b", np.bool_), ("stored", np.int64),
     ("sent", np.int64), ("pend_ts", np.float64), ("live", np.bool_),
+    ("close_ts", np.float64),       # ts of the packet completing the FIN pair; inf = not closing
 )
 _KEY_NAMES = ("vlan", "proto", "ahi", "alo", "aport", "bhi", "blo", "bport")
 
@@ -163,8 +168,12 @@ class FlowTable:
                      packet that crosses it starts a new flow; None disables.
       max_flows:     cap on live flows; beyond it the least recently seen are evicted
                      ("evicted", counted in ``stats``), checked after each batch.
-      tcp_close:     end a TCP flow at an RST, or at the packet carrying the second side's FIN.
-                     Later packets of the same key (e.g. the last ACK) start a new flow.
+      tcp_close:     end a TCP flow at an RST, or close it at the packet carrying the second
+                     side's FIN: packets of the key within ``fin_grace`` seconds of that packet
+                     and without SYN (the last ACK, retransmitted FINs, an RST) stay in the flow;
+                     the flow ends ("fin") at the first packet after the grace, at a SYN (a new
+                     connection, which starts a new flow), or when the clock passes the grace.
+      fin_grace:     seconds a FIN-closed flow keeps its teardown packets (default 2).
       max_packets:   keep at most this many packets per flow (counters still count all); None = all.
       policy:        ``WholeFlows()`` (default) or ``EveryK(k, window_s)``.
 
@@ -176,10 +185,12 @@ class FlowTable:
 
     def __init__(self, idle_timeout: float | None = 120.0, active_timeout: float | None = 1800.0,
                  max_flows: int | None = 1_000_000, tcp_close: bool = True,
-                 max_packets: int | None = None, policy=None):
+                 max_packets: int | None = None, policy=None, fin_grace: float = 2.0):
         for name, v in (("idle_timeout", idle_timeout), ("active_timeout", active_timeout)):
             if v is not None and not v > 0:
                 raise ValueError(f"{name} must be > 0 seconds or None, got {v!r}")
+        if not fin_grace >= 0:
+            raise ValueError(f"fin_grace must be >= 0 seconds, got {fin_grace!r}")
         if max_flows is not None and max_flows < 1:
             raise ValueError(f"max_flows must be >= 1 or None, got {max_flows!r}")
         if max_packets is not None and max_packets < 1:
@@ -190,6 +201,7 @@ class FlowTable:
         self.active_timeout = None if active_timeout is None else float(active_timeout)
         self.max_flows = max_flows
         self.tcp_close = bool(tcp_close)
+        self.fin_grace = float(fin_grace)
         self.max_packets = max_packets
         self.policy = policy if policy is not None else WholeFlows()
         self.clock = -np.inf
@@ -332,7 +344,7 @@ class FlowTable:
         start_new = is_gs.copy()
         start_new[gstart] = ~live_g
         why = np.zeros(n, np.int8)
-        ended_by = np.zeros(n, np.int8)      # flow ends right after this packet (fin / rst)
+        ended_by = np.zeros(n, np.int8)      # flow ends right after this packet (rst)
         if self.idle_timeout is not None:
             prev = np.empty(n)
             prev[1:] = ts[:-1]
@@ -349,6 +361,7 @@ class FlowTable:
                 why[nxt[~start_new[nxt]]] = R_RST
                 start_new[nxt] = True
             fin = ((fl & TCP_FIN) != 0) & is_tcp
+            syn = ((fl & TCP_SYN) != 0) & is_tcp
             do_fin = bool(fin.any()) or bool((S["fin_a"][gslot[live_g]] | S["fin_b"][gslot[live_g]]).any())
             if do_fin:
                 # a FIN pair can only end a flow in a key that has FINs from both sides
@@ -372,6 +385,9 @@ class FlowTable:
                 cfa, cfb = np.cumsum(fin_a), np.cumsum(fin_b)
                 g0a = np.where(live_g, S["fin_a"][pslot_g], False)
                 g0b = np.where(live_g, S["fin_b"][pslot_g], False)
+                g_close = np.where(live_g, S["close_ts"][pslot_g], np.inf)   # live flows closing
+                g_closing = np.isfinite(g_close)
+                grace = self.fin_grace
             g_first_ts = np.where(live_g, S["first_ts"][pslot_g], 0.0)
             ar = np.arange(n)
             for _ in range(n + 1):
@@ -394,7 +410,15 @@ class FlowTable:
                     sa = cfa - (cfa[sst] - fin_a[sst] - ia)[sid]
                     sb = cfb - (cfb[sst] - fin_b[sst] - ib)[sid]
                     both = (sa > 0) & (sb > 0)
-                    p = np.minimum.reduceat(np.where(both, ar, n), sst) + 1   # split after it
+                    # the flow closes at the packet completing the FIN pair (before the segment
+                    # if it continues a closing flow) and ends before the first later packet
+                    # with a SYN or past the grace
+                    cpos = np.minimum.reduceat(np.where(both, ar, n), sst)
+                    pre = cont & g_closing[sg]
+                    cpos[pre] = sst[pre] - 1
+                    cts = np.where(pre, g_close[sg], np.take(ts, np.minimum(cpos, n - 1)))
+                    cand = (ar > cpos[sid]) & (syn | ((ts - cts[sid]) > grace))
+                    p = np.minimum.reduceat(np.where(cand, ar, n + 1), sst)
                     better = p < split
                     split[better], kind[better] = p[better], R_FIN
                 changed = False
@@ -402,17 +426,11 @@ class FlowTable:
                 hit = split <= n
                 if hit.any():
                     sp, kd = split[hit], kind[hit]
-                    fin_end = kd == R_FIN
-                    fe = sp[fin_end] - 1
-                    newly = ended_by[fe] == 0
-                    if newly.any():
-                        ended_by[fe[newly]] = R_FIN
-                        changed = True
                     inside = sp < n
                     sp2, kd2 = sp[inside], kd[inside]
                     ok = ~is_gs[sp2] & ~start_new[sp2]
-                    # an active cut at a continuing segment's first packet ends the live flow
-                    ok_first = (kd2 == R_ACTIVE) & is_gs[sp2] & ~start_new[sp2]
+                    # an active or close cut at a continuing segment's first packet ends the live flow
+                    ok_first = ((kd2 == R_ACTIVE) | (kd2 == R_FIN)) & is_gs[sp2] & ~start_new[sp2]
                     sel = ok | ok_first
                     if sel.any():
                         why[sp2[sel]] = kd2[sel]
@@ -464,10 +482,14 @@ class FlowTable:
                 S[name][new_slots] = 0
             S["fin_a"][new_slots] = False
             S["fin_b"][new_slots] = False
+            S["close_ts"][new_slots] = np.inf
             S["live"][new_slots] = True
             self._n_live += nf
             self.stats["flows_created"] += nf
 
+        if do_fin:
+            # closing time of each final segment's flow (the last loop round saw these segments)
+            S["close_ts"][seg_slot] = np.where(cpos < send, cts, np.inf)
         pslot = np.take(seg_slot, sid)
         direction = (fa != np.take(S["client_a"], pslot)).astype(np.uint8)
         wire = np.take(batch.wire_len, order)
@@ -571,6 +593,10 @@ class FlowTable:
         S = self._slots.cols
         o = np.argsort(S["fid"][slots])                   # flow ids are distinct
         slots, codes = slots[o], codes[o]
+        # a FIN-closed flow ends as "fin" whatever cut its grace short (eviction excepted)
+        cl = np.isfinite(S["close_ts"][slots]) & (codes != R_EVICTED)
+        if cl.any():
+            codes = np.where(cl, R_FIN, codes).astype(np.int8)
         if indexed:
             self._unindex(slots)
         out = self.policy.final(self, slots, codes)
@@ -594,6 +620,8 @@ class FlowTable:
             code[live & (now - S["first_ts"][:n] > self.active_timeout)] = R_ACTIVE
         if self.idle_timeout is not None:
             code[live & (now - S["last_ts"][:n] > self.idle_timeout)] = R_IDLE
+        if self.tcp_close:
+            code[live & (now - S["close_ts"][:n] > self.fin_grace)] = R_FIN
         slots = np.flatnonzero(code)
         return self._end(slots, code[slots]) if len(slots) else []
 
