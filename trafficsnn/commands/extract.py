@@ -110,7 +110,7 @@ def extract_files(paths: list[str], out: str, *, fmt: str = "npz", idle_timeout:
 @click.option("--max-flows", type=int, default=1_000_000, show_default=True,
               help="Cap on live flows; the least recently seen are evicted beyond it (0 = no cap).")
 @click.option("--tcp-close/--no-tcp-close", default=True, show_default=True,
-              help="End TCP flows at RST or at the second side's FIN.")
+              help="End TCP flows at RST, or at the FIN handshake (its last ACK, within 2 s, stays in the flow).")
 @click.option("--max-packets", type=int, default=0, show_default=True,
               help="Keep at most this many packets per flow (counters still count all; 0 = all).")
 @click.option("--whole-file", is_flag=True,
