@@ -104,6 +104,14 @@ def grouped_split(
     fr = np.asarray(fractions, np.float64)
     if fr.shape != (3,) or (fr < 0).any() or not np.isclose(fr.sum(), 1.0):
         raise ConfigError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}")
+    s_unit, counts = _unit_class_counts(captures, labels, session_groups)
+    side = _greedy_assign(counts, fr, np.random.default_rng(seed))
+    return side[s_unit]
+
+
+def _unit_class_counts(captures: Sequence[str], labels: Sequence[int],
+                       session_groups: Sequence[Sequence[str]]) -> tuple[np.ndarray, np.ndarray]:
+    """Unit index of each sample and the (unit, class) sample counts that the greedy split balances."""
     captures = [str(c) for c in captures]
     labels = np.asarray(labels, np.int64)
     unit_of = units_of(sorted(set(captures)), session_groups)
@@ -113,8 +121,7 @@ def grouped_split(
     n_classes = int(labels.max()) + 1 if labels.size else 1
     counts = np.zeros((len(units), n_classes), np.int64)
     np.add.at(counts, (s_unit, labels), 1)
-    side = _greedy_assign(counts, fr, np.random.default_rng(seed))
-    return side[s_unit]
+    return s_unit, counts
 
 
 def grouped_kfold(
@@ -124,14 +131,7 @@ def grouped_kfold(
     """Fold index (0..k-1) per sample, grouped by unit and stratified as far as groups allow."""
     if k < 2:
         raise ConfigError("k-fold needs k >= 2")
-    captures = [str(c) for c in captures]
-    labels = np.asarray(labels, np.int64)
-    unit_of = units_of(sorted(set(captures)), session_groups)
-    units = sorted(set(unit_of.values()))
-    uidx = {u: i for i, u in enumerate(units)}
-    s_unit = np.array([uidx[unit_of[c]] for c in captures], np.int64)
-    counts = np.zeros((len(units), int(labels.max()) + 1), np.int64)
-    np.add.at(counts, (s_unit, labels), 1)
+    s_unit, counts = _unit_class_counts(captures, labels, session_groups)
     side = _greedy_assign(counts, np.full(k, 1.0 / k), np.random.default_rng(seed))
     return side[s_unit]
 
