@@ -1,8 +1,6 @@
 """Grouped cross-validation runs every model kind on the same folds and reports mean +- std."""
 from __future__ import annotations
 
-import pytest
-
 from trafficsnn.train.crossval import crossval, format_table
 from trafficsnn.train.runner import TrainOptions, load_samples
 from trafficsnn.train.synth import synthesize

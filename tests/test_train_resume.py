@@ -9,7 +9,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from trafficsnn.train.datasets import SampleCache
 from trafficsnn.train.runner import TrainOptions, train_run
 from trafficsnn.train.synth import synthesize
 

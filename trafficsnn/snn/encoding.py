@@ -28,7 +28,7 @@ Improved size bins (per direction; neuron = direction * 150 + bin)::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -376,11 +376,3 @@ def collate(samples: Sequence[SparseSample | tuple], n_steps: int, n_inputs: int
                        torch.from_numpy(value).to(device=device, dtype=dtype),
                        len(samples), int(n_steps), int(n_inputs))
 
-
-def collate_labelled(items: Iterable[tuple[SparseSample, int]], n_steps: int, n_inputs: int,
-                     dtype=None) -> tuple[SparseBatch, "torch.Tensor"]:
-    """DataLoader-style collate for (sample, label) pairs -> (SparseBatch, labels)."""
-    import torch
-    items = list(items)
-    batch = collate([x for x, _ in items], n_steps, n_inputs, dtype=dtype)
-    return batch, torch.as_tensor([int(y) for _, y in items], dtype=torch.long)

@@ -77,7 +77,7 @@ class GBTBaseline:
                        "seed": seed}
         self.arrays: dict[str, np.ndarray] | None = None
 
-    def fit(self, x: np.ndarray, y: np.ndarray, x_val=None, y_val=None) -> "GBTBaseline":
+    def fit(self, x: np.ndarray, y: np.ndarray) -> "GBTBaseline":
         from sklearn.ensemble import HistGradientBoostingClassifier
 
         p = self.params

@@ -132,14 +132,6 @@ class SampleSet:
         c = np.bincount(self.y, minlength=len(self.classes))
         return {k: int(v) for k, v in zip(self.classes, c)}
 
-    def pooled(self, pool: int, log1p: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-        """(row, col, value, n_cols) of the input with ``pool`` steps summed (MLP baseline input)."""
-        row = np.repeat(np.arange(len(self)), np.diff(self.ev_off))
-        n_t = (self.n_steps + pool - 1) // pool
-        col = (self.ev_step.astype(np.int64) // pool) * self.n_inputs + self.ev_neuron.astype(np.int64)
-        val = self.ev_value.astype(np.float32)
-        return row, col, np.log1p(val) if log1p else val, n_t * self.n_inputs
-
 
 # ---------------------------------------------------------------- hashing + cache
 def file_sha256(path: Path, memo: dict | None = None) -> str:

@@ -87,7 +87,6 @@ class TrainConfig:
     select: str | None = None        # best | last
     patience: int | None = None
     mlp_pool: int = 10               # MLP: steps summed per time bin
-    mlp_hidden: int = 128
     quiet: bool = False
     extra: dict = field(default_factory=dict)
 

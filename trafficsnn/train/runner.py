@@ -92,7 +92,6 @@ def load_predictor(path: str | Path, device: str = "cpu") -> Predictor:
         m, spec = GBTBaseline.load(d)
         return Predictor("gbt", list(spec["classes"]), spec["encoding"], float(spec.get("temperature", 1.0)), spec, m)
     if spec.get("format") == BASELINE_FORMAT and kind == "mlp":
-        import torch
         from safetensors.torch import load_file
 
         from .baselines import make_mlp
