@@ -21,6 +21,17 @@ def _batches(rng, n_batches=6, tcp_close=True):
     return out
 
 
+def _run_both(table, ref, batches):
+    """Feed ``batches`` to a FlowTable and a RefTable, flush both: (flows by flow_id, reference flows)."""
+    out = []
+    for b in batches:
+        out += table.add(b)
+        ref.add(b)
+    out += table.flush()
+    out.sort(key=lambda f: f.flow_id)
+    return out, ref.flush()
+
+
 @pytest.mark.parametrize("seed", range(12))
 def test_matches_reference(seed):
     rng = np.random.default_rng(seed)
@@ -28,16 +39,8 @@ def test_matches_reference(seed):
         idle = [None, 0.5, 2.0][trial % 3]
         act = [None, 3.0, 10.0][(trial + seed) % 3]
         tc = bool((trial + seed) % 2)
-        bs = _batches(rng, tcp_close=tc)
         t = FlowTable(idle_timeout=idle, active_timeout=act, tcp_close=tc, max_flows=None)
-        r = RefTable(idle, act, tc)
-        out = []
-        for b in bs:
-            out += t.add(b)
-            r.add(b)
-        out += t.flush()
-        ref = r.flush()
-        out.sort(key=lambda f: f.flow_id)
+        out, ref = _run_both(t, RefTable(idle, act, tc), _batches(rng, tcp_close=tc))
         assert [f.flow_id for f in out] == [g["fid"] for g in ref]
         for f, g in zip(out, ref):
             assert f.end_reason == g["reason"]
@@ -176,16 +179,8 @@ def test_matches_reference_with_other_graces(grace):
     for trial in range(4):
         idle = [None, 0.5, 2.0][trial % 3]
         act = [None, 3.0][trial % 2]
-        bs = _batches(rng)
         t = FlowTable(idle_timeout=idle, active_timeout=act, max_flows=None, fin_grace=grace)
-        r = RefTable(idle, act, True, grace=grace)
-        out = []
-        for b in bs:
-            out += t.add(b)
-            r.add(b)
-        out += t.flush()
-        out.sort(key=lambda f: f.flow_id)
-        ref = r.flush()
+        out, ref = _run_both(t, RefTable(idle, act, True, grace=grace), _batches(rng))
         assert [(f.flow_id, f.end_reason, f.ts.tolist()) for f in out] == [
             (g["fid"], g["reason"], g["ts"]) for g in ref]
 
@@ -293,16 +288,8 @@ def test_hash_collisions_fall_back_and_stay_correct(monkeypatch):
     real = tbl._hash5
     monkeypatch.setattr(tbl, "_hash5", lambda *c: real(*c) & np.uint64(0x3))   # 4 hash values
     rng = np.random.default_rng(21)
-    bs = _batches(rng)
     t = FlowTable(idle_timeout=2.0, active_timeout=10.0)
-    r = RefTable(2.0, 10.0, True)
-    out = []
-    for b in bs:
-        out += t.add(b)
-        r.add(b)
-    out += t.flush()
-    ref = r.flush()
-    out.sort(key=lambda f: f.flow_id)
+    out, ref = _run_both(t, RefTable(2.0, 10.0, True), _batches(rng))
     assert t.stats["hash_collisions"] > 0
     assert [(f.end_reason, f.ts.tolist(), f.direction.tolist()) for f in out] == \
         [(g["reason"], g["ts"], g["dir"]) for g in ref]
