@@ -4,8 +4,6 @@ from __future__ import annotations
 import json
 import struct
 
-import pytest
-
 from trafficsnn.cli import main
 from trafficsnn.flows import read_flows
 

@@ -312,7 +312,6 @@ class FlowTable:
         gfirst = order[gstart]
         gkeys = [k[gfirst] for k in keys]
         ghash = h[gfirst]
-        hs = None
 
         # look the groups up among live flows
         gslot, _ = self._index.lookup(ghash)
