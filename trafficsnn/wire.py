@@ -100,6 +100,15 @@ class WireError(TrafficSNNError):
 # ---------------------------------------------------------------- decoded forms
 
 
+def record_key(r: Any) -> FlowKey:
+    """The ``FlowKey`` of one ``UPDATE_DTYPE`` record."""
+    return FlowKey(
+        vlan=int(r["vlan"]), proto=int(r["proto"]),
+        client_hi=int(r["client_hi"]), client_lo=int(r["client_lo"]), client_port=int(r["client_port"]),
+        server_hi=int(r["server_hi"]), server_lo=int(r["server_lo"]), server_port=int(r["server_port"]),
+    )
+
+
 @dataclass
 class Header:
     version: int
@@ -135,12 +144,7 @@ class UpdateBatch:
         return int(self.ts.shape[0])
 
     def flow_key(self, i: int) -> FlowKey:
-        r = self.keys[i]
-        return FlowKey(
-            vlan=int(r["vlan"]), proto=int(r["proto"]),
-            client_hi=int(r["client_hi"]), client_lo=int(r["client_lo"]), client_port=int(r["client_port"]),
-            server_hi=int(r["server_hi"]), server_lo=int(r["server_lo"]), server_port=int(r["server_port"]),
-        )
+        return record_key(self.keys[i])
 
     def update(self, i: int) -> FlowUpdate:
         """Update ``i`` as a ``FlowUpdate`` (its arrays are views, not copies)."""

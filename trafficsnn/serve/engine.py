@@ -28,7 +28,8 @@ import torch
 
 from ..errors import ModelError
 from ..flows.records import FlowKey
-from ..wire import REASONS, UPDATE_DTYPE, UpdateBatch
+from ..snn.encoding import IMPROVED_BINS_PER_DIRECTION, SparseBatch, apply_value_transform, improved_size_bins
+from ..wire import REASONS, UPDATE_DTYPE, UpdateBatch, record_key
 from .sinks import Verdict
 
 log = logging.getLogger(__name__)
@@ -136,13 +137,6 @@ class StateStore:
         return self.slab.element_size() * self.slab.nelement()
 
 
-def _flow_key(r: Any) -> FlowKey:
-    return FlowKey(vlan=int(r["vlan"]), proto=int(r["proto"]), client_hi=int(r["client_hi"]),
-                   client_lo=int(r["client_lo"]), client_port=int(r["client_port"]),
-                   server_hi=int(r["server_hi"]), server_lo=int(r["server_lo"]),
-                   server_port=int(r["server_port"]))
-
-
 _SLOT_COLS = (("start_ts", np.float64), ("steps_done", np.int64), ("packets", np.int64), ("emitted", bool),
               ("last_used", np.int64), ("live", bool), ("gen", np.int64), ("rec", UPDATE_DTYPE))
 
@@ -238,15 +232,14 @@ class StreamingClassifier:
         return self._n_index
 
     # ------------------------------------------------------------- the batch
-    def _slots_of(self, batches: Sequence[UpdateBatch], keys: np.ndarray, seq: np.ndarray,
+    def _slots_of(self, batches: Sequence[UpdateBatch], keys: np.ndarray, sens: list[str], seq: np.ndarray,
                   lens: np.ndarray) -> np.ndarray:
         """Slot of each update; new flows get one (dict lookups at C speed; Python work only per new flow)."""
-        parts, sens = [], []
+        parts = []
         for b in batches:
             d = self._index.setdefault(b.sensor, {})
             got = list(map(d.get, b.keys["flow_id"].tolist()))
             parts.append(np.array([-1 if g is None else g for g in got], dtype=np.int64))
-            sens.extend([b.sensor] * len(b))
         slots = np.concatenate(parts) if len(parts) > 1 else parts[0]
         self._tick += 1
         known = slots >= 0
@@ -318,7 +311,7 @@ class StreamingClassifier:
         self.counters["messages"] += len(batches)
         seq = keys["seq"].astype(np.int64)
 
-        slots = self._slots_of(batches, keys, seq, lens)
+        slots = self._slots_of(batches, keys, sensors, seq, lens)
         skip = slots == -2
         if skip.any():
             self.drops["final_without_state"] += int(skip.sum())
@@ -344,8 +337,6 @@ class StreamingClassifier:
         # ---- events of the new packets
         pslot = np.repeat(slots, lens)
         step = np.floor((ts - self.start_ts[pslot]) / h.bin_s).astype(np.int64)
-        from ..snn.encoding import IMPROVED_BINS_PER_DIRECTION, improved_size_bins
-
         neuron = direction.astype(np.int64) * IMPROVED_BINS_PER_DIRECTION + improved_size_bins(size)
         # pending events (open steps) of the touched flows come first: they are older
         p_slot, p_gen, p_step, p_neu = self._pool
@@ -419,7 +410,7 @@ class StreamingClassifier:
         self.counters["flow_advances"] += n_adv
 
         # ---- score, apply the policy
-        verdicts = self._verdicts(uslots, ulast, keys, sensors, final_slot, batches, now)
+        verdicts = self._verdicts(uslots, ulast, keys, sensors, final_slot, now)
         ended = uslots[final_slot[uslots]]
         if len(ended):
             self.counters["flows_ended"] += len(ended)
@@ -440,9 +431,7 @@ class StreamingClassifier:
         exp[order] = self.packets[ss] + excl
         return exp
 
-    def _sparse(self, sample: np.ndarray, step: np.ndarray, neuron: np.ndarray, n: int, k: int) -> Any:
-        from ..snn.encoding import SparseBatch, apply_value_transform
-
+    def _sparse(self, sample: np.ndarray, step: np.ndarray, neuron: np.ndarray, n: int, k: int) -> SparseBatch:
         h = self.handle
         flat = (sample * k + step) * h.n_inputs + neuron
         uniq, counts = np.unique(flat, return_counts=True)
@@ -453,8 +442,15 @@ class StreamingClassifier:
         return SparseBatch(t(rest // k, device=self.device), t(rest % k, device=self.device),
                            t(neu, device=self.device), t(values, device=self.device), n, k, h.n_inputs)
 
+    def _probs(self, slots: np.ndarray) -> np.ndarray:
+        """Class probabilities (softmax of the logits over the temperature) of these flows' states."""
+        idx = torch.as_tensor(slots, dtype=torch.long, device=self.device)
+        with torch.no_grad():
+            logits = self.model.logits(self.store.unpack(self.store.slab.index_select(0, idx))).float()
+            return torch.softmax(logits / self.handle.temperature, dim=1).cpu().numpy()
+
     def _verdicts(self, uslots: np.ndarray, ulast: np.ndarray, keys: np.ndarray, sensors: list[str],
-                  final_slot: np.ndarray, batches: Sequence[UpdateBatch], now: float | None) -> list[Verdict]:
+                  final_slot: np.ndarray, now: float | None) -> list[Verdict]:
         h = self.handle
         scored = self.steps_done[uslots] > 0
         if not scored.all():
@@ -474,10 +470,7 @@ class StreamingClassifier:
         if not want.any():
             return []
         cand, li, is_final = cand[want], ulast[scored][want], is_final[want]
-        idx = torch.as_tensor(cand, dtype=torch.long, device=self.device)
-        with torch.no_grad():
-            logits = self.model.logits(self.store.unpack(self.store.slab.index_select(0, idx))).float()
-            probs = torch.softmax(logits / h.temperature, dim=1).cpu().numpy()
+        probs = self._probs(cand)
         conf = probs.max(1)
         label = probs.argmax(1)
         if self.emit == "first":
@@ -524,16 +517,13 @@ class StreamingClassifier:
         if not len(live):
             return []
         h = self.handle
-        idx = torch.as_tensor(live, dtype=torch.long, device=self.device)
-        with torch.no_grad():
-            probs = torch.softmax(self.model.logits(self.store.unpack(self.store.slab.index_select(0, idx))).float() / h.temperature,
-                                  dim=1).cpu().numpy()
+        probs = self._probs(live)
         now = time.time()
         out = []
         for j, s in enumerate(live.tolist()):
             sensor, fid = self._keys.get(s, ("", -1))
             c = int(probs[j].argmax())
-            out.append(Verdict(key=_flow_key(self.rec[s]), flow_id=int(fid),
+            out.append(Verdict(key=record_key(self.rec[s]), flow_id=int(fid),
                                sensor=sensor, label=h.classes[c], confidence=float(probs[j, c]),
                                probabilities=dict(zip(h.classes, probs[j].tolist())), packets=int(self.packets[s]),
                                first_ts=float(self.start_ts[s]), verdict_ts=now, model_id=h.model_id,
