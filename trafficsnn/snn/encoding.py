@@ -357,22 +357,30 @@ class SparseBatch:
 def collate(samples: Sequence[SparseSample | tuple], n_steps: int, n_inputs: int,
             dtype=None, device=None) -> SparseBatch:
     """Stack sparse samples (SparseSample or (step, neuron, value) tuples) into a batch."""
-    import torch
     lens = [len(s[0]) for s in samples]
-    nnz = int(sum(lens))
-    if nnz:
-        step = np.concatenate([np.asarray(s[0]) for s in samples]).astype(np.int64)
-        neuron = np.concatenate([np.asarray(s[1]) for s in samples]).astype(np.int64)
-        value = np.concatenate([np.asarray(s[2]) for s in samples]).astype(np.float32)
+    if sum(lens):
+        step = np.concatenate([np.asarray(s[0]) for s in samples])
+        neuron = np.concatenate([np.asarray(s[1]) for s in samples])
+        value = np.concatenate([np.asarray(s[2]) for s in samples])
     else:
-        step = neuron = np.zeros(0, np.int64)
-        value = np.zeros(0, np.float32)
-    if nnz and (step.min() < 0 or step.max() >= n_steps or neuron.min() < 0 or neuron.max() >= n_inputs):
+        step = neuron = value = np.zeros(0)
+    return collate_events(lens, step, neuron, value, n_steps, n_inputs, dtype=dtype, device=device)
+
+
+def collate_events(lens: Sequence[int] | np.ndarray, step: np.ndarray, neuron: np.ndarray, value: np.ndarray,
+                   n_steps: int, n_inputs: int, dtype=None, device=None) -> SparseBatch:
+    """A batch from samples already laid end to end: ``lens[i]`` events of sample i, in order
+    (what :func:`collate` builds, without a Python object per sample)."""
+    import torch
+    step = np.asarray(step).astype(np.int64)
+    neuron = np.asarray(neuron).astype(np.int64)
+    value = np.asarray(value).astype(np.float32)
+    if step.size and (step.min() < 0 or step.max() >= n_steps or neuron.min() < 0 or neuron.max() >= n_inputs):
         raise ValueError(f"events outside the {n_steps} x {n_inputs} input grid")
-    sample = np.repeat(np.arange(len(samples), dtype=np.int64), lens)
+    sample = np.repeat(np.arange(len(lens), dtype=np.int64), lens)
     dtype = dtype or torch.get_default_dtype()
     return SparseBatch(torch.from_numpy(sample).to(device), torch.from_numpy(step).to(device),
                        torch.from_numpy(neuron).to(device),
                        torch.from_numpy(value).to(device=device, dtype=dtype),
-                       len(samples), int(n_steps), int(n_inputs))
+                       len(lens), int(n_steps), int(n_inputs))
 

@@ -47,10 +47,9 @@ def mlp_inputs(ds, idx, pool: int, device=None):
     """EmbeddingBag input (cols, offsets, weights) of samples ``idx`` with ``pool`` steps per bin."""
     import torch
 
-    idx = np.asarray(idx, np.int64)
-    lens = np.diff(ds.ev_off)[idx]
-    take = (np.concatenate([np.arange(ds.ev_off[i], ds.ev_off[i + 1]) for i in idx]) if idx.size
-            else np.zeros(0, np.int64))
+    from .datasets import csr_take
+
+    take, lens = csr_take(ds.ev_off, idx)
     col = (ds.ev_step[take].astype(np.int64) // pool) * ds.n_inputs + ds.ev_neuron[take].astype(np.int64)
     val = ds.ev_value[take].astype(np.float32)
     if ds.encoding.get("value", "count") == "count":

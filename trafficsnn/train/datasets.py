@@ -51,6 +51,15 @@ def default_cache_dir() -> Path:
 
 
 # ---------------------------------------------------------------- sample containers
+def csr_take(ev_off: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(event positions, events per sample) of samples ``idx`` of a CSR event store, in order."""
+    idx = np.asarray(idx, np.int64)
+    lens = np.diff(ev_off)[idx]
+    firsts = np.cumsum(lens) - lens
+    take = np.arange(int(lens.sum()), dtype=np.int64) + np.repeat(ev_off[idx] - firsts, lens)
+    return take, lens
+
+
 @dataclass
 class CaptureSamples:
     """Every flow of one capture and the samples built from it (unlabelled; cached)."""
@@ -110,17 +119,16 @@ class SampleSet:
         return SparseSample(self.ev_step[a:b], self.ev_neuron[a:b], self.ev_value[a:b])
 
     def batch(self, idx: Sequence[int], device=None, dtype=None):
-        """A ``snn.encoding.SparseBatch`` of the samples ``idx`` (H3's collate)."""
-        from ..snn.encoding import collate
+        """A ``snn.encoding.SparseBatch`` of the samples ``idx`` (H3's collate, on the CSR arrays)."""
+        from ..snn.encoding import collate_events
 
-        return collate([self.sample(int(i)) for i in idx], self.n_steps, self.n_inputs, dtype=dtype, device=device)
+        take, lens = csr_take(self.ev_off, idx)
+        return collate_events(lens, self.ev_step[take], self.ev_neuron[take], self.ev_value[take], self.n_steps,
+                              self.n_inputs, dtype=dtype, device=device)
 
     def subset(self, idx: Sequence[int] | np.ndarray) -> "SampleSet":
         idx = np.asarray(idx, np.int64)
-        lens = np.diff(self.ev_off)[idx]
-        starts = self.ev_off[idx]
-        take = (np.concatenate([np.arange(s, s + n) for s, n in zip(starts, lens)]) if idx.size
-                else np.zeros(0, np.int64))
+        take, lens = csr_take(self.ev_off, idx)
         return SampleSet(
             list(self.classes), self.y[idx], self.capture[idx], self.flow[idx], self.window[idx], self.cap20[idx],
             np.r_[0, np.cumsum(lens)].astype(np.int64), self.ev_step[take], self.ev_neuron[take],
