@@ -6,6 +6,7 @@ import logging
 import click
 
 from ..serve.config import config_option
+from ._options import flow_table_options
 
 
 @click.command("capture")
@@ -31,11 +32,7 @@ from ..serve.config import config_option
 @click.option("--every", type=int, default=8, show_default=True, help="Send a flow update every K packets of a flow.")
 @click.option("--window", type=float, default=1.0, show_default=True,
               help="...and at least once per window of this many seconds of a flow (0 = off).")
-@click.option("--idle-timeout", type=float, default=120.0, show_default=True, help="Seconds of silence that end a flow.")
-@click.option("--active-timeout", type=float, default=1800.0, show_default=True,
-              help="Seconds after which a long flow is cut.")
-@click.option("--max-flows", type=int, default=1_000_000, show_default=True,
-              help="Flows tracked at once; the least recently seen are evicted beyond it.")
+@flow_table_options()
 @click.option("--hwm", type=int, default=1000, show_default=True,
               help="Messages queued for the classifier before updates are dropped (sending never blocks).")
 @click.option("--lossless", is_flag=True,

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from ..errors import ConfigError
+from ._options import flow_table_options
 
 
 def _timeout(value: float | None) -> float | None:
@@ -103,12 +104,7 @@ def extract_files(paths: list[str], out: str, *, fmt: str = "npz", idle_timeout:
               help="Output file (.npz columnar flows; with --format jsonl, '-' writes to stdout).")
 @click.option("--format", "fmt", type=click.Choice(["npz", "jsonl"]), default=None,
               help="Output format [default: from the file name: .jsonl/.json -> jsonl, else npz].")
-@click.option("--idle-timeout", type=float, default=120.0, show_default=True,
-              help="End a flow after this many seconds without a packet (0 = never).")
-@click.option("--active-timeout", type=float, default=1800.0, show_default=True,
-              help="Cut a flow this many seconds after its first packet (0 = never).")
-@click.option("--max-flows", type=int, default=1_000_000, show_default=True,
-              help="Cap on live flows; the least recently seen are evicted beyond it (0 = no cap).")
+@flow_table_options(max_flows_help="Cap on live flows; the least recently seen are evicted beyond it (0 = no cap).")
 @click.option("--tcp-close/--no-tcp-close", default=True, show_default=True,
               help="End TCP flows at RST, or at the FIN handshake (its last ACK, within 2 s, stays in the flow).")
 @click.option("--max-packets", type=int, default=0, show_default=True,
