@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from trafficsnn.commands.train import _recipe
 from trafficsnn.errors import ConfigError
 from trafficsnn.snn.presets import build_model, preset
 from trafficsnn.train.loop import TrainConfig, balance_recipe
+from trafficsnn.train.loop import recipe_overrides as _recipe
 
 
 def test_improved_defaults_are_the_tuned_recipe():

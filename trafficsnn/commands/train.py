@@ -86,6 +86,7 @@ def command(data, out, preset, model_kind, epochs, batch_size, lr, seed, device,
             label_smoothing, balance, min_batches, n_hidden, resume, cache_dir, jobs, no_cache, quiet):
     import warnings
 
+    from ..train.loop import recipe_overrides
     from ..train.runner import TrainOptions, expand_session_groups, train_run
     from ..train.splits import LeakySplitWarning
 
@@ -95,7 +96,7 @@ def command(data, out, preset, model_kind, epochs, batch_size, lr, seed, device,
                         max_packets=max_packets, min_packets=min_packets, resume=resume, cache_dir=cache_dir, jobs=jobs,
                         no_cache=no_cache, quiet=quiet, n_hidden=n_hidden, manifest=manifest, bin_s=bin_s,
                         n_steps=n_steps, input_value=input_value,
-                        recipe=_recipe(augment, weight_decay, label_smoothing, min_batches, balance))
+                        recipe=recipe_overrides(augment, weight_decay, label_smoothing, min_batches, balance))
     with warnings.catch_warnings(record=True) as caught:  # the leaky-split warning, printed in red below
         warnings.simplefilter("always", LeakySplitWarning)
         summary = train_run(data, out, opts)
@@ -120,19 +121,3 @@ def _summary_line(summary: dict) -> str:
     return "; ".join(parts) + (f"\nmodel: {out}/ (report: {out}/test_report/report.md, summary: {out}/summary.json)"
                                if out else "")
 
-
-def _recipe(augment, weight_decay, label_smoothing, min_batches=None, balance=None) -> dict:
-    r: dict = {}
-    if augment is not None:   # None: the preset's choice; --no-augment switches it off
-        r["augment"] = {"prefix": 0.5, "drop": 0.1} if augment else None
-    if weight_decay is not None:
-        r["weight_decay"] = weight_decay
-    if label_smoothing is not None:
-        r["label_smoothing"] = label_smoothing
-    if min_batches is not None:
-        r["min_batches"] = min_batches
-    if balance is not None:
-        from ..train.loop import balance_recipe
-
-        r.update(balance_recipe(balance))
-    return r

@@ -121,17 +121,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model-json", default=None, help='SNN model overrides, e.g. \'{"beta_init": 0.9}\'')
     ap.add_argument("--out", default="crossval.json")
     a = ap.parse_args(argv)
-    recipe: dict = {}
-    if a.augment is not None:
-        recipe["augment"] = {"prefix": 0.5, "drop": 0.1} if a.augment else None
-    if a.weight_decay is not None:
-        recipe["weight_decay"] = a.weight_decay
-    if a.label_smoothing is not None:
-        recipe["label_smoothing"] = a.label_smoothing
-    if a.balance:
-        from .loop import balance_recipe
+    from .loop import recipe_overrides
 
-        recipe.update(balance_recipe(a.balance))
+    recipe = recipe_overrides(a.augment, a.weight_decay, a.label_smoothing, balance=a.balance)
     if a.recipe:
         recipe.update(json.loads(a.recipe))
     results = []

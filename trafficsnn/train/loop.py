@@ -74,6 +74,24 @@ def balance_recipe(balance: str) -> dict[str, Any]:
     raise ConfigError(f"unknown balance {balance!r} (use loss or sampler)")
 
 
+def recipe_overrides(augment=None, weight_decay=None, label_smoothing=None, min_batches=None,
+                     balance=None) -> dict[str, Any]:
+    """Recipe keys set by command-line options; None leaves the preset's choice
+    (``augment=False`` switches augmentation off)."""
+    r: dict[str, Any] = {}
+    if augment is not None:
+        r["augment"] = {"prefix": 0.5, "drop": 0.1} if augment else None
+    if weight_decay is not None:
+        r["weight_decay"] = weight_decay
+    if label_smoothing is not None:
+        r["label_smoothing"] = label_smoothing
+    if min_batches is not None:
+        r["min_batches"] = min_batches
+    if balance is not None:
+        r.update(balance_recipe(balance))
+    return r
+
+
 @dataclass
 class TrainConfig:
     preset: str = "improved"
