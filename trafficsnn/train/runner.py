@@ -285,18 +285,17 @@ def split_samples(ds: SampleSet, opts: TrainOptions) -> tuple[np.ndarray, dict]:
 
 def fit_predictor(train: SampleSet, val: SampleSet, opts: TrainOptions, out: Path) -> tuple[Predictor, dict]:
     """Fit one model kind on ``train`` (selecting on ``val``) and save it into ``out``."""
-    from .loop import TrainConfig, calibration_summary, fit_torch
+    from .loop import TrainConfig, calibration_summary, fit_torch, seed_everything
 
     out.mkdir(parents=True, exist_ok=True)
+    seed_everything(opts.seed)   # before any model is built: its initial weights
     n_cls = len(train.classes)
     common = {"classes": list(train.classes), "encoding": train.encoding, "max_packets": opts.max_packets,
               "training_data": train.summary, "task": opts.task}
     if opts.model == "gbt":
         from .baselines import GBTBaseline
-        from .loop import seed_everything
         from .metrics import fit_temperature
 
-        seed_everything(opts.seed)
         m = GBTBaseline(n_cls, seed=opts.seed).fit(train.features, train.y)
         vl = m.decision(val.features) if len(val) else np.zeros((0, n_cls))
         temp = fit_temperature(vl, val.y) if len(val) else 1.0
@@ -310,9 +309,6 @@ def fit_predictor(train: SampleSet, val: SampleSet, opts: TrainOptions, out: Pat
     if opts.model == "snn":
         from ..snn.presets import build_model
 
-        from .loop import seed_everything
-
-        seed_everything(opts.seed)
         over = dict(opts.model_overrides)
         if opts.n_hidden:
             over["n_hidden"] = opts.n_hidden
@@ -338,9 +334,7 @@ def fit_predictor(train: SampleSet, val: SampleSet, opts: TrainOptions, out: Pat
         from safetensors.torch import save_file
 
         from .baselines import make_mlp, mlp_inputs, mlp_n_cols
-        from .loop import seed_everything
 
-        seed_everything(opts.seed)
         model = make_mlp(mlp_n_cols(train.n_steps, train.n_inputs, opts.mlp_pool), n_cls)
 
         def make_input(ds, idx, device):
