@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import socket
 import sys
@@ -101,6 +100,7 @@ class CaptureAgent:
         self.table: Any = None
         self.source: Any = None
         self.metrics: Any = None
+        self._decoder: Any = None
         self._msg_seq = 0
         self._pending: list[FlowUpdate] = []
         self._walls: list[float] = []
@@ -228,8 +228,7 @@ class CaptureAgent:
 
         cfg = self.cfg
         self.table = self._make_table()
-        decoder = Decoder()
-        self._decoder = decoder
+        decoder = self._decoder = Decoder()
         if cfg.metrics_port:
             from .metrics import Metrics
 
@@ -391,15 +390,13 @@ class CaptureAgent:
         c["pending_updates"] = len(self._pending)
         if self.cfg.iface and self.source is not None and hasattr(self.source, "kernel_stats"):
             c.update(self.source.kernel_stats())
-        table = self.table
+        table, gauges = self.table, {"flows_active": 0, "table_bytes": 0}
         if table is not None:
             c["flows_created"] = int(table.stats.get("flows_created", 0))
             c["flows_evicted"] = int(table.stats.get("evicted", 0))
-        dec = getattr(self, "_decoder", None)
-        gauges = {"flows_active": len(table) if table is not None else 0,
-                  "table_bytes": table.memory_bytes() if table is not None and hasattr(table, "memory_bytes") else 0}
-        if dec is not None:
-            c["decode"] = {k: v for k, v in dec.stats.items() if isinstance(v, (int, float))}
+            gauges = {"flows_active": len(table), "table_bytes": table.memory_bytes()}
+        if self._decoder is not None:
+            c["decode"] = {k: v for k, v in self._decoder.stats.items() if isinstance(v, (int, float))}
         return {"counters": c, "gauges": gauges}
 
     def prometheus_snapshot(self) -> dict[str, Any]:
@@ -407,7 +404,7 @@ class CaptureAgent:
         counters: dict[str, Any] = {}
         for k, v in snap["counters"].items():
             if k == "decode":
-                counters["capture_decode_total"] = {**{n: x for n, x in v.items()}, "_label": "outcome"}
+                counters["capture_decode_total"] = {**v, "_label": "outcome"}
             elif k != "pending_updates":
                 counters[f"capture_{k}_total"] = v
         gauges = {f"capture_{k}": v for k, v in snap["gauges"].items()}
