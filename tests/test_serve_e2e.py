@@ -79,6 +79,13 @@ def _classifier(tmp: Path, ep: str, model: Path, *args: str, name: str = "cls") 
     return p, n
 
 
+def _reap(cls: subprocess.Popen, note: Notify) -> None:
+    """Kill the classifier if the test left it running; close its notify socket."""
+    if cls.poll() is None:
+        cls.kill()
+    note.close()
+
+
 def _final_stats(err_file: Path, key: str) -> dict:
     for line in reversed(err_file.read_text().splitlines()):
         if line.startswith("{"):
@@ -236,9 +243,7 @@ def test_sighup_with_corrupt_model_keeps_the_old_one(tmp_path, model_dir):
         cls.send_signal(signal.SIGTERM)
         assert cls.wait(timeout=30) == 0
     finally:
-        if cls.poll() is None:
-            cls.kill()
-        note.close()
+        _reap(cls, note)
     err = (tmp_path / "cls.err").read_text()
     assert "reload refused" in err and "stats {" in err
 
@@ -262,9 +267,7 @@ def test_sigterm_drains_queued_updates_and_loses_no_verdict(tmp_path, model_dir)
         cls.send_signal(signal.SIGCONT)
         assert cls.wait(timeout=60) == 0
     finally:
-        if cls.poll() is None:
-            cls.kill()
-        note.close()
+        _reap(cls, note)
         push.close(0)
         ctx.term()
     vs = _verdicts(out)

@@ -29,6 +29,7 @@ def _free_port() -> int:
 
 
 def _run_pair(tmp_path, daemon_kw: dict, agent_kw: dict, n_flows: int = 12):
+    """A daemon thread and an agent over TCP: the agent replays a demo pcap, the daemon exits after its EOS."""
     pcap = tmp_path / "d.pcap"
     write_demo_pcap(pcap, n_flows=n_flows, packets_per_flow=10, duration=5.0, seed=7)
     model = make_random_model(tmp_path / "m")
@@ -41,20 +42,19 @@ def _run_pair(tmp_path, daemon_kw: dict, agent_kw: dict, n_flows: int = 12):
     out: dict = {}
     th = threading.Thread(target=lambda: out.update(d.run()), daemon=True)
     th.start()
-    return d, th, out, sink, ctx, AgentConfig(pcap=(str(pcap),), connect=(ep,), lossless=True, sensor="s",
-                                              stats_interval=0, **agent_kw)
-
-
-def test_metrics_endpoint_exports_counters_histograms_and_model(tmp_path):
-    mport = _free_port()
-    d, th, out, sink, ctx, acfg = _run_pair(tmp_path, {"metrics_port": mport}, {})
+    acfg = AgentConfig(pcap=(str(pcap),), connect=(ep,), lossless=True, sensor="s", stats_interval=0, **agent_kw)
     try:
         CaptureAgent(acfg, ctx=ctx).run()
-        # scrape while the daemon still serves (it exits after EOS; scrape a live snapshot first)
         th.join(timeout=60)
     finally:
         d.stop()
         th.join(timeout=10)
+    return d, out, sink, ctx
+
+
+def test_metrics_endpoint_exports_counters_histograms_and_model(tmp_path):
+    mport = _free_port()
+    d, out, sink, ctx = _run_pair(tmp_path, {"metrics_port": mport}, {})
     # the HTTP server is closed with the daemon: check the registry the endpoint served
     text = _metrics_text(d)
     assert "trafficsnn_packets_total 120.0" in text
@@ -94,15 +94,9 @@ def test_curve_agent_to_daemon(tmp_path):
     auth = tmp_path / "authorized"
     auth.mkdir()
     shutil.copy(keys / "sensor1.key", auth)
-    d, th, out, sink, ctx, acfg = _run_pair(
+    d, out, sink, ctx = _run_pair(
         tmp_path, {"curve_secret": str(keys / "server.key_secret"), "curve_clients": str(auth)},
         {"curve_secret": str(keys / "sensor1.key_secret"), "curve_server": str(keys / "server.key")})
-    try:
-        CaptureAgent(acfg, ctx=ctx).run()
-        th.join(timeout=60)
-    finally:
-        d.stop()
-        th.join(timeout=10)
     assert len(sink.verdicts) == 12 and out["counters"]["packets"] == 120
     ctx.term()
 
