@@ -85,11 +85,6 @@ def _hash5(ahi, alo, bhi, blo, small) -> np.ndarray:
     return _mix(h, small)
 
 
-def key_hash(vlan, proto, ahi, alo, aport, bhi, blo, bport) -> np.ndarray:
-    """64-bit hash of canonical key columns (used for grouping; collisions are checked)."""
-    return _hash5(ahi, alo, bhi, blo, _small(vlan, proto, aport, bport))
-
-
 def _stable_argsort(x: np.ndarray, bound: int) -> np.ndarray:
     """Stable argsort of small non-negative ints (< bound): radix sort on uint16/uint32."""
     if bound <= 0xFFFF:
