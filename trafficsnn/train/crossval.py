@@ -39,9 +39,8 @@ def crossval(
         for f in range(k):
             test_idx = np.flatnonzero(folds == f)
             rest = np.flatnonzero(folds != f)
-            sub = ds.subset(rest)
-            side = grouped_split(sub.capture, sub.y, (0.8, 0.2, 0.0), seed * 100 + f, opts.session_groups)
-            train, val = sub.subset(np.flatnonzero(side == 0)), sub.subset(np.flatnonzero(side == 1))
+            side = grouped_split(ds.capture[rest], ds.y[rest], (0.8, 0.2, 0.0), seed * 100 + f, opts.session_groups)
+            train, val = ds.subset(rest[side == 0]), ds.subset(rest[side == 1])
             test = ds.subset(test_idx)
             for m in models:
                 t0 = time.time()

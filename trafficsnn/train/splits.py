@@ -45,18 +45,13 @@ class LeakySplitWarning(UserWarning):
     """The paper split mixes windows of one flow across train and test."""
 
 
-def parse_session_groups(specs: Sequence[str]) -> list[list[str]]:
-    """CLI form: each spec is comma-separated glob patterns forming one session group."""
-    return [[p.strip() for p in s.split(",") if p.strip()] for s in specs if s.strip()]
-
-
 def units_of(captures: Sequence[str], session_groups: Sequence[Sequence[str]] = ()) -> dict[str, str]:
     """Capture -> unit name: the first session group whose pattern matches its file name, else itself."""
     out = {}
     for cap in captures:
         name = PurePath(cap).name
         unit = cap
-        for gi, pats in enumerate(session_groups):
+        for pats in session_groups:
             if any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(cap, p) for p in pats):
                 unit = "session:" + "|".join(pats)
                 break
@@ -70,7 +65,6 @@ def _greedy_assign(unit_counts: np.ndarray, fractions: np.ndarray, rng: np.rando
     total = unit_counts.sum(axis=0).astype(np.float64)
     target = fractions[:, None] * total[None, :]
     current = np.zeros_like(target)
-    # rare-class units first, big units first, ties broken by the seed
     # big units (in share of their class) first, with seeded jitter so seeds give different splits
     share = (unit_counts / np.maximum(total, 1)).max(axis=1)
     order = np.argsort(-share * rng.uniform(0.5, 1.5, n_units), kind="stable")
