@@ -61,16 +61,23 @@ class PeakRSS(threading.Thread):
             time.sleep(0.05)
 
 
+_ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+def _start_classifier(ep: str, model: Path, out: Path, err: Path, classify_args: list[str]) -> subprocess.Popen:
+    """``trafficsnn classify`` on one CPU thread, verdicts to ``out``, exiting after the agent's end of stream."""
+    return subprocess.Popen([sys.executable, "-m", "trafficsnn.cli", "classify", "--bind", ep, "--model", str(model),
+                             "--device", "cpu", "--threads", "1", "--jsonl", str(out), "--exit-after-eos", "1",
+                             *classify_args], stdout=subprocess.DEVNULL, stderr=open(err, "w"), env=_ENV)
+
+
 def run_pipeline(pcap: Path, model: Path, tmp: Path, *, pps: float | None, lossless: bool,
                  classify_args: list[str], capture_args: list[str], label: str) -> dict:
     slug = "".join(c if c.isalnum() else "_" for c in label)
     ep = f"ipc://{tmp}/{slug}.sock"
     out = tmp / f"{slug}.jsonl"
     cerr, aerr = tmp / f"{slug}.classify.err", tmp / f"{slug}.capture.err"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    cls = subprocess.Popen([sys.executable, "-m", "trafficsnn.cli", "classify", "--bind", ep, "--model", str(model),
-                            "--device", "cpu", "--threads", "1", "--jsonl", str(out), "--exit-after-eos", "1",
-                            *classify_args], stdout=subprocess.DEVNULL, stderr=open(cerr, "w"), env=env)
+    cls = _start_classifier(ep, model, out, cerr, classify_args)
     time.sleep(3.0)  # torch import and model load, so the clock starts with a ready classifier
     cmd = [sys.executable, "-m", "trafficsnn.cli", "capture", "--pcap", str(pcap), "--connect", ep,
            "--sensor", "bench", *capture_args]
@@ -79,7 +86,7 @@ def run_pipeline(pcap: Path, model: Path, tmp: Path, *, pps: float | None, lossl
     if lossless:
         cmd += ["--lossless"]
     t0 = time.time()
-    cap = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(aerr, "w"), env=env)
+    cap = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(aerr, "w"), env=_ENV)
     mc, ma = PeakRSS(cls), PeakRSS(cap)
     mc.start()
     ma.start()
@@ -140,22 +147,18 @@ def run_live(n_live: int, model: Path, tmp: Path, classify_args: list[str]) -> d
     full = tmp / "live.pcap"  # real frame lengths: what goes on the wire must be consistent
     write_demo_pcap(full, n_flows=max(1, n_live // 25), packets_per_flow=25, duration=20.0, seed=3, heavy=True,
                     full=True)
-    pcap = full
     ep = f"ipc://{tmp}/live.sock"
     out = tmp / "live.jsonl"
     cerr, aerr = tmp / "live.classify.err", tmp / "live.capture.err"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    cls = subprocess.Popen([sys.executable, "-m", "trafficsnn.cli", "classify", "--bind", ep, "--model", str(model),
-                            "--device", "cpu", "--threads", "1", "--jsonl", str(out), "--exit-after-eos", "1",
-                            *classify_args], stdout=subprocess.DEVNULL, stderr=open(cerr, "w"), env=env)
+    cls = _start_classifier(ep, model, out, cerr, classify_args)
     cap = subprocess.Popen([sys.executable, "-m", "trafficsnn.cli", "capture", "-i", "lo", "-f", "udp or tcp",
                             "--connect", ep, "--sensor", "live"], stdout=subprocess.DEVNULL,
-                           stderr=open(aerr, "w"), env=env)
+                           stderr=open(aerr, "w"), env=_ENV)
     mc, ma = PeakRSS(cls), PeakRSS(cap)
     mc.start()
     ma.start()
     time.sleep(4.0)
-    rep = subprocess.run(["tcpreplay", "-i", "lo", "--topspeed", str(pcap)], capture_output=True, text=True)
+    rep = subprocess.run(["tcpreplay", "-i", "lo", "--topspeed", str(full)], capture_output=True, text=True)
     time.sleep(1.5)
     cap.send_signal(signal.SIGTERM)
     cap.wait(timeout=120)
@@ -182,16 +185,6 @@ def _last_json(path: Path, key: str) -> dict:
         if line.startswith("{") and f'"{key}"' in line:
             return json.loads(line)[key]
     raise SystemExit(f"{path} has no final counters:\n{path.read_text()[-3000:]}")
-
-
-def _recorded_span(pcap: Path) -> float:
-    from trafficsnn.packets import open_capture
-
-    lo, hi = float("inf"), float("-inf")
-    for fb in open_capture(pcap):
-        if len(fb):
-            lo, hi = min(lo, float(fb.ts.min())), max(hi, float(fb.ts.max()))
-    return max(hi - lo, 1e-3)
 
 
 def main() -> None:
