@@ -336,7 +336,7 @@ class StreamingClassifier:
 
         # ---- events of the new packets
         pslot = np.repeat(slots, lens)
-        step = np.floor((ts - self.start_ts[pslot]) / h.bin_s).astype(np.int64)
+        step = h.loaded.encoder.steps_of(ts, self.start_ts[pslot])  # the offline encoder's step rule
         neuron = direction.astype(np.int64) * IMPROVED_BINS_PER_DIRECTION + improved_size_bins(size)
         # pending events (open steps) of the touched flows come first: they are older
         p_slot, p_gen, p_step, p_neu = self._pool
