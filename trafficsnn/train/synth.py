@@ -44,10 +44,6 @@ class FlowPackets:
     proto: int
 
 
-def _tcp_overhead(v6: bool) -> int:
-    return (40 if v6 else 20) + 20
-
-
 # ---------------------------------------------------------------- class patterns
 def _voip(rng: np.random.Generator, dur: float) -> tuple:
     period = 0.020
@@ -209,7 +205,6 @@ def frames_of(flows: list[SynthFlow]) -> tuple[np.ndarray, np.ndarray, np.ndarra
     h[:, 12] = np.where(v6, 0x86, 0x08)
     h[:, 13] = np.where(v6, 0xDD, 0x00)
     # addresses per flow and direction
-    addr_len = np.where(v6, 16, 4)
     src = np.zeros((n, 16), np.uint8)
     dst = np.zeros((n, 16), np.uint8)
     cl = np.stack([np.frombuffer(f.client.rjust(16, b"\0"), np.uint8) for f in flows])[fid]
@@ -268,7 +263,6 @@ def frames_of(flows: list[SynthFlow]) -> tuple[np.ndarray, np.ndarray, np.ndarra
     h[v6, 14:54] = ip6[v6]
     h[v6, 54:74] = l4[v6]
     hdr_len = 14 + iphl + l4hl
-    del addr_len
     o = np.argsort(ts, kind="stable")
     return ts[o], h[o], hdr_len[o], frame_len[o]
 
