@@ -18,7 +18,6 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from .device import resolve_device  # noqa: F401  (re-exported for callers)
 from .encoding import SparseBatch
 from .kernels import lif_scan, lif_scan_events, make_events
 from .layers import LeakyMeanReadout, LIFLayer
@@ -85,9 +84,6 @@ class SpikingClassifier(nn.Module):
         """Project beta to [0, 1] and b to >= 0; call after every optimiser step (as the paper)."""
         self.hidden.clamp_()
         self.readout.clamp_()
-
-    def _ref(self) -> torch.Tensor:
-        return self.hidden.weight
 
     def input_currents(self, x: Input) -> torch.Tensor:
         """I = x W1 as (B, T, H): gathered from events for a SparseBatch, a matmul if dense."""
@@ -176,7 +172,7 @@ class SpikingClassifier(nn.Module):
     # ------------------------------------------------------------------ streaming
     def init_state(self, n: int) -> StreamState:
         """State of ``n`` flows at rest (no steps seen)."""
-        w = self._ref()
+        w = self.hidden.weight
         z = w.new_zeros(n, self.n_hidden)
         return StreamState(z, z.clone(), z.clone(), z.clone(), w.new_zeros(n), z.clone())
 
