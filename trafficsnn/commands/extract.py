@@ -48,10 +48,11 @@ def extract_files(paths: list[str], out: str, *, fmt: str = "npz", idle_timeout:
         jfh = sys.stdout if out == "-" else open(out, "w", encoding="utf-8")
 
     def sink(flows) -> None:
-        summary["flows"] += sum(len(b) for b in flows) if cols is not None else len(flows)
         if cols is not None:
+            summary["flows"] += sum(len(b) for b in flows)
             cols.add(flows)
         else:
+            summary["flows"] += len(flows)
             write_jsonl(jfh, flows)
 
     try:
@@ -59,6 +60,7 @@ def extract_files(paths: list[str], out: str, *, fmt: str = "npz", idle_timeout:
             table = FlowTable(policy=Columnar() if cols is not None else WholeFlows(), **opts)
             reader = read_packets(path, batch_size=batch_size, strict=strict)
             done_before = bar.n if bar is not None else 0
+            end = done_before + os.path.getsize(path) if bar is not None else 0
             n_file = 0
             for batch in reader:
                 n_file += len(batch)
@@ -66,7 +68,7 @@ def extract_files(paths: list[str], out: str, *, fmt: str = "npz", idle_timeout:
                 if bar is not None:
                     cs = reader.stats["capture"]
                     pos = cs.get("captured_bytes", 0) + 16 * cs.get("frames", 0)
-                    bar.update(max(0, min(done_before + pos, done_before + os.path.getsize(path)) - bar.n))
+                    bar.update(max(0, min(done_before + pos, end) - bar.n))
             sink(table.flush())
             summary["files"] += 1
             summary["evicted"] += table.stats["evicted"]
@@ -75,10 +77,10 @@ def extract_files(paths: list[str], out: str, *, fmt: str = "npz", idle_timeout:
             for err in reader.errors:
                 summary["errors"] += 1
                 warn(str(err))
-            for w in getattr(reader, "warnings", []) or []:
+            for w in reader.warnings:
                 warn(f"{path}: {w}")
             if bar is not None:
-                bar.update(done_before + os.path.getsize(path) - bar.n)
+                bar.update(end - bar.n)
     except BaseException:
         if cols is not None:
             cols.abort()
