@@ -325,9 +325,10 @@ class CaptureAgent:
     def _send(self, ups: list[FlowUpdate], walls: list[float]) -> None:
         n = len(self.socks)
         if n > 1:
-            shard = [u.flow_id % n for u in ups]
-            for i, sock in enumerate(self.socks):
-                sel = [j for j, x in enumerate(shard) if x == i]
+            shards: list[list[int]] = [[] for _ in range(n)]
+            for j, u in enumerate(ups):  # one pass, not one scan per shard
+                shards[u.flow_id % n].append(j)
+            for sel, sock in zip(shards, self.socks):
                 if sel:
                     self._send_one([ups[j] for j in sel], [walls[j] for j in sel], sock)
             return
