@@ -493,30 +493,26 @@ def build_dataset(
                         "dir": str(cache.root) if cache.enabled else None}
     if not parts:
         raise ConfigError(f"no labelled samples found under {root} (source {src}); check the labels and --min-packets")
-    ys, caps_, flows_, wins, c20s, offs, steps, neurons, values, feats = ([] for _ in range(10))
-    off = 0
+    ys, caps_, flows_, wins, c20s, lens, steps, neurons, values, feats = ([] for _ in range(10))
     for part in parts:
         cs, sidx = part["cs"], part["sidx"]
-        for i in sidx:
-            a, b = int(cs.ev_off[i]), int(cs.ev_off[i + 1])
-            steps.append(cs.ev_step[a:b])
-            neurons.append(cs.ev_neuron[a:b])
-            values.append(cs.ev_value[a:b])
-            offs.append(off)
-            off += b - a
-            fi = int(cs.s_flow[i])
-            flows_.append(f"{part['cap']}#{fi} {cs.client[fi]}:{cs.cport[fi]}<->"
-                          f"{cs.server[fi]}:{cs.sport[fi]}/{cs.proto[fi]}")
+        take, n_ev = csr_take(cs.ev_off, sidx)
+        steps.append(cs.ev_step[take])
+        neurons.append(cs.ev_neuron[take])
+        values.append(cs.ev_value[take])
+        lens.append(n_ev)
+        names_of = {fi: f"{part['cap']}#{fi} {cs.client[fi]}:{cs.cport[fi]}<->{cs.server[fi]}:{cs.sport[fi]}/"
+                        f"{cs.proto[fi]}" for fi in set(cs.s_flow[sidx].tolist())}
+        flows_ += [names_of[fi] for fi in cs.s_flow[sidx].tolist()]
         ys.append(part["y"])
         caps_ += [part["cap"]] * len(sidx)
         wins.append(cs.s_window[sidx])
         c20s.append(part["cap20"])
         feats.append(cs.features[sidx])
-    offs.append(off)
     out = SampleSet(
         classes=list(names), y=np.concatenate(ys).astype(np.int64), capture=np.array(caps_, dtype=str),
         flow=np.array(flows_, dtype=str), window=np.concatenate(wins).astype(np.int32),
-        cap20=np.concatenate(c20s).astype(bool), ev_off=np.array(offs, np.int64),
+        cap20=np.concatenate(c20s).astype(bool), ev_off=np.r_[0, np.cumsum(np.concatenate(lens))].astype(np.int64),
         ev_step=np.concatenate(steps).astype(np.int16), ev_neuron=np.concatenate(neurons).astype(np.int16),
         ev_value=np.concatenate(values).astype(np.float32), features=np.concatenate(feats).astype(np.float32),
         encoding=encoder.spec(), n_steps=int(encoder.n_steps), n_inputs=int(encoder.n_inputs), summary=summary,
