@@ -72,8 +72,7 @@ class ClassifierDaemon:
         from ..snn.device import resolve_device
 
         self.device = resolve_device(cfg.device)
-        self.handle = ModelHandle.load(cfg.model, self.device)
-        self.engine = StreamingClassifier(self.handle, max_flows=cfg.max_flows, emit=cfg.emit,
+        self.engine = StreamingClassifier(ModelHandle.load(cfg.model, self.device), max_flows=cfg.max_flows, emit=cfg.emit,
                                           min_confidence=cfg.min_confidence, device=self.device)
         self.ctx = ctx or zmq.Context.instance()
         self.wire_stats = wire.WireStats()
@@ -106,6 +105,11 @@ class ClassifierDaemon:
             self.metrics.serve(cfg.metrics_port, cfg.metrics_addr)
 
     drain_quiet_ms = 200
+
+    @property
+    def handle(self) -> ModelHandle:
+        """The model being served (the engine's: a reload swaps it there)."""
+        return self.engine.handle
 
     def _make_socket(self) -> zmq.Socket:
         cfg = self.cfg
@@ -152,7 +156,6 @@ class ClassifierDaemon:
         self.counters["reloads"] += 1
         if new.sha256 != self.handle.sha256 or new.signature() != self.handle.signature():
             reset = self.engine.swap_model(new)
-            self.handle = new
             log.warning("model reloaded: %s (%s), %d flow states reset", new.model_id, new.sha256[:12], reset)
         self.notifier.status(f"serving {self.handle.model_id}")
         return True
