@@ -87,6 +87,7 @@ ARRAY_FRAMES: tuple[tuple[str, np.dtype], ...] = (
 )
 # Dtype codes written in the header (4 ASCII bytes per array frame, 6 slots).
 _DTYPE_CODES = b"".join(c.ljust(4, b"\0") for c in (b"upd1", b"<i8", b"<f8", b"<u4", b"|u1")).ljust(24, b"\0")
+_JSON_CODES = b"json".ljust(24, b"\0")  # STATS and EOS carry one JSON frame
 
 
 class WireError(TrafficSNNError):
@@ -183,7 +184,7 @@ def _header(kind: int, n_frames: int, sensor: str, n_updates: int, n_packets: in
     s = sensor.encode("utf-8")
     if len(s) > MAX_SENSOR_LEN:
         raise ValueError(f"sensor id is {len(s)} bytes long; at most {MAX_SENSOR_LEN} are allowed")
-    codes = _DTYPE_CODES if kind == KIND_UPDATES else b"json".ljust(24, b"\0")
+    codes = _DTYPE_CODES if kind == KIND_UPDATES else _JSON_CODES
     return _HEADER.pack(MAGIC, VERSION, kind, n_frames, len(s), n_updates, n_packets, msg_seq, sent_wall, codes) + s
 
 
@@ -264,7 +265,7 @@ def decode_header(frame: Any) -> Header:
         raise WireError("bad_sensor", "sensor id is not UTF-8") from err
     if not math.isfinite(sent):
         raise WireError("bad_time", "send time is not finite")
-    want = _DTYPE_CODES if kind == KIND_UPDATES else b"json".ljust(24, b"\0")
+    want = _DTYPE_CODES if kind == KIND_UPDATES else _JSON_CODES
     if codes != want:
         raise WireError("bad_dtype", f"dtype codes {bytes(codes)!r} do not match the schema")
     return Header(version, kind, n_frames, sensor, n_upd, n_pkt, seq, sent)
