@@ -49,11 +49,9 @@ def extract_files(paths: list[str], out: str, *, fmt: str = "npz", idle_timeout:
 
     def sink(flows) -> None:
         if cols is not None:
-            summary["flows"] += sum(len(b) for b in flows)
-            cols.add(flows)
+            cols.add(flows)             # counts them: cols.n_flows
         else:
-            summary["flows"] += len(flows)
-            write_jsonl(jfh, flows)
+            summary["flows"] += write_jsonl(jfh, flows)
 
     try:
         for path in paths:
@@ -93,6 +91,7 @@ def extract_files(paths: list[str], out: str, *, fmt: str = "npz", idle_timeout:
     if cols is not None:
         from .. import __version__
 
+        summary["flows"] = cols.n_flows
         meta = {"inputs": [os.path.abspath(p) for p in paths], "options": opts,
                 "summary": summary, "tool": f"trafficsnn {__version__}"}
         cols.close(meta)
