@@ -1,7 +1,8 @@
 """Neuron dynamics as pure functions over explicit state (Norse style).
 
-A daemon keeps one state tuple per flow and advances it; training runs the same
-functions over a whole window. Equations (paper_model.md §4, golden README)::
+The reference model path runs them over a whole window (the daemon's per-flow
+state is ``model.StreamState``, advanced by the fused kernel). Equations
+(paper_model.md §4, golden README)::
 
     n_j = sum_i W_ij^2                                  (weight-normalised threshold)
     V_t = beta (V_{t-1} - b_j n_j S_{t-1}) + (1 - beta) I_t,   V_0 = S_0 = 0
@@ -60,11 +61,6 @@ class LIFState(NamedTuple):
     s: torch.Tensor           # (B, H) spikes of the previous step
 
 
-def lif_init(batch: int, hidden: int, dtype=None, device=None) -> LIFState:
-    z = torch.zeros(batch, hidden, dtype=dtype, device=device)
-    return LIFState(z, z.clone())
-
-
 def lif_step(current: torch.Tensor, state: LIFState, p: LIFParameters) -> tuple[torch.Tensor, LIFState]:
     """One step of the paper's hidden LIF: soft reset with the previous step's spike."""
     thr = p.b * p.norm
@@ -77,35 +73,6 @@ class ReadoutParameters(NamedTuple):
     beta: torch.Tensor        # () or (1,)
     b: torch.Tensor           # (C,) subtracted bias, kept >= 0
     weight: torch.Tensor      # (H, C)
-
-
-class ReadoutState(NamedTuple):
-    """Readout accumulators kept in hidden space (linear in the spikes).
-
-    ``m`` is the leaky trace of hidden spikes, ``acc`` the sum of ``m`` over the
-    steps seen, ``steps`` their number; M_t = m_t W2, so the class scores follow.
-    """
-
-    m: torch.Tensor           # (B, H)
-    acc: torch.Tensor         # (B, H)
-    steps: torch.Tensor       # (B,) float, steps seen
-
-
-def readout_init(batch: int, hidden: int, dtype=None, device=None) -> ReadoutState:
-    z = torch.zeros(batch, hidden, dtype=dtype, device=device)
-    return ReadoutState(z, z.clone(), torch.zeros(batch, dtype=dtype, device=device))
-
-
-def readout_step(spikes: torch.Tensor, state: ReadoutState, p: ReadoutParameters) -> ReadoutState:
-    m = p.beta * state.m + (1 - p.beta) * spikes
-    return ReadoutState(m, state.acc + m, state.steps + 1)
-
-
-def readout_scores(state: ReadoutState, p: ReadoutParameters) -> torch.Tensor:
-    """Mean over the steps seen of M_t, normalised by ||W2_k||^2, minus b2 (anytime)."""
-    norm2 = (p.weight * p.weight).sum(0)
-    steps = state.steps.clamp(min=1).unsqueeze(1)
-    return (state.acc @ p.weight) / steps / (norm2 + EPS) - p.b
 
 
 def readout_loop_scores(spikes: torch.Tensor, p: ReadoutParameters) -> torch.Tensor:
