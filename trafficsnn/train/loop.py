@@ -167,8 +167,8 @@ def augment(ds, idx, rng: np.random.Generator, prefix: float = 0.5, drop: float 
     val = sub.ev_value.copy()
     if drop > 0 and val.size and ds.encoding.get("value", "count") == "count":
         val = rng.binomial(np.maximum(val, 0).astype(np.int64), 1.0 - drop).astype(np.float32)
-        first = np.r_[0, np.cumsum(np.diff(off))[:-1]] if n else np.zeros(0, np.int64)
-        val[first[np.diff(off) > 0]] = np.maximum(val[first[np.diff(off) > 0]], 1.0)
+        first = off[:-1][np.diff(off) > 0]          # first event of each non-empty sample
+        val[first] = np.maximum(val[first], 1.0)
         keep &= val > 0
     lens = np.bincount(row[keep], minlength=n)
     sub.ev_off = np.r_[0, np.cumsum(lens)].astype(np.int64)
