@@ -23,7 +23,7 @@ from collections import Counter, OrderedDict
 import numpy as np
 
 from .batch import FrameBatch, PacketBatch
-from .fastpath import decode_common
+from .fastpath import IPV4_MAPPED, byte_windows, decode_common
 
 def _table(size: int, fill: int, items: dict[int, int], dtype=np.int8) -> np.ndarray:
     """A lookup table: value -> code, ``fill`` elsewhere."""
@@ -70,22 +70,11 @@ SPECIAL_PROTO = _table(256, 0, {0: 1, 43: 1, 60: 1, 135: 1, 139: 1, 140: 1, 51: 
                        np.bool_)
 
 AF_INET_VALUES = (2, 10, 23, 24, 28, 30)   # AF_INET and the AF_INET6 of Linux, Windows, *BSD, macOS
-IPV4_MAPPED = np.uint64(0xFFFF_0000_0000)
-
-
-def _windows(d: np.ndarray, width: int) -> np.ndarray:
-    """A zero-copy view of ``d`` as one ``width``-byte record starting at every byte.
-
-    Indexing it with an array of offsets gathers ``width`` bytes per offset in one
-    memcpy-like step (much faster than a 2-D fancy index over ``d``).
-    """
-    n = max(len(d) - width + 1, 0)
-    return np.ndarray(shape=(n,), dtype=np.dtype((np.void, width)), buffer=d, strides=(1,))
 
 
 def _mat(d: np.ndarray, idx: np.ndarray, width: int) -> np.ndarray:
     """Bytes ``d[idx : idx + width]`` of each index as an (n, width) uint8 matrix."""
-    return _windows(d, width)[idx].view(np.uint8).reshape(len(idx), width)
+    return byte_windows(d, width)[idx].view(np.uint8).reshape(len(idx), width)
 
 
 def _be16(d: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -93,7 +82,7 @@ def _be16(d: np.ndarray, idx: np.ndarray) -> np.ndarray:
 
 
 def _be32(d: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    return _windows(d, 4)[idx].view(">u4").astype(np.int64)
+    return byte_windows(d, 4)[idx].view(">u4").astype(np.int64)
 
 
 
@@ -231,7 +220,7 @@ class _Work:
         ok = self.need(sel, 5)
         self.drop(sel[~ok], TRUNCATED)
         s = sel[ok]
-        w = _windows(self.d, 4)[self.cur[s]]
+        w = byte_windows(self.d, 4)[self.cur[s]]
         le, be = w.view("<u4").astype(np.int64), w.view(">u4").astype(np.int64)
         ip = np.isin(le, AF_INET_VALUES) | np.isin(be, AF_INET_VALUES)
         self.drop(s[~ip], NON_IP)
@@ -378,7 +367,7 @@ class _Work:
         if not good.all():
             self.drop(s[~good], MALFORMED)
             s, c, m, plen = s[good], c[good], m[good], plen[good]
-        a = _windows(self.d, 32)[c + 8].view(">u8").reshape(len(s), 4).astype(np.uint64)
+        a = byte_windows(self.d, 32)[c + 8].view(">u8").reshape(len(s), 4).astype(np.uint64)
         self.src_hi[s], self.src_lo[s], self.dst_hi[s], self.dst_lo[s] = a[:, 0], a[:, 1], a[:, 2], a[:, 3]
         self.ip_len[s] = plen + 40
         self.ipend[s] = np.where(plen > 0, c + 40 + plen, self.end[s])   # 0: jumbogram
@@ -408,7 +397,7 @@ class _Work:
             hmin = np.where(l4 == 6, 20, np.where(l4 == 17, 8, 4))
             ok = (c + 4 <= self.end[s]) & (c + hmin <= self.ipend[s])
             s, c, l4 = s[ok], c[ok], l4[ok]
-            pp = _windows(d, 4)[c].view(">u2").reshape(len(s), 2)
+            pp = byte_windows(d, 4)[c].view(">u2").reshape(len(s), 2)
             self.sport[s] = pp[:, 0]
             self.dport[s] = pp[:, 1]
             tcp = l4 == 6

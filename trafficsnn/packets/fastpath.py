@@ -20,7 +20,7 @@ BLOCK = 16384               # frames per block: the temporaries stay in the L2 c
 _OUT = (("src_hi", np.uint64), ("src_lo", np.uint64), ("dst_hi", np.uint64), ("dst_lo", np.uint64),
         ("sport", np.uint16), ("dport", np.uint16), ("proto", np.uint8), ("ip_len", np.uint32),
         ("tcp_flags", np.uint8), ("ip_version", np.uint8))
-_MAPPED = np.uint64(0xFFFF_0000_0000)
+IPV4_MAPPED = np.uint64(0xFFFF_0000_0000)    # ORed into the low word: IPv4 as ::ffff:a.b.c.d
 # IP protocol -> the L4 header bytes a datagram must hold for its ports to be read (TCP 20,
 # UDP 8), 0 for port-less protocols, -1 for those the general decoder treats specially
 # (IPv6 extension headers, AH, fragments, IP and GRE tunnels)
@@ -30,6 +30,16 @@ _PCODE[[0, 43, 60, 135, 139, 140, 51, 44, 4, 41, 47]] = -1
 # UDP ports of tunnels the general decoder opens (VXLAN, GTP-U, CAPWAP, Geneve)
 _UDP_TUNNEL = np.zeros(65536, dtype=np.bool_)
 _UDP_TUNNEL[[4789, 2152, 5247, 6081]] = True
+
+
+def byte_windows(d: np.ndarray, width: int) -> np.ndarray:
+    """A zero-copy view of ``d`` as one ``width``-byte record starting at every byte.
+
+    Indexing it with an array of offsets gathers ``width`` bytes per offset in one
+    memcpy-like step (much faster than a 2-D fancy index over ``d``).
+    """
+    n = max(len(d) - width + 1, 0)
+    return np.ndarray(shape=(n,), dtype=np.dtype((np.void, width)), buffer=d, strides=(1,))
 
 
 def decode_common(fb: FrameBatch) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
@@ -42,7 +52,7 @@ def decode_common(fb: FrameBatch) -> tuple[np.ndarray, dict[str, np.ndarray]] | 
         return None
     off = fb.offset
     last = len(d) - WINDOW
-    win = np.ndarray(shape=(last + 1,), dtype=np.dtype((np.void, WINDOW)), buffer=d, strides=(1,))
+    win = byte_windows(d, WINDOW)
     # the last frames of the buffer: their window would run past its end, so it is read
     # from a zero-padded copy of the tail (no decision ever uses bytes beyond a frame's caplen)
     late = np.flatnonzero(off > last)
@@ -50,8 +60,7 @@ def decode_common(fb: FrameBatch) -> tuple[np.ndarray, dict[str, np.ndarray]] | 
         start = int(off[late].min())
         pad = np.zeros(len(d) - start + WINDOW, dtype=np.uint8)
         pad[:len(d) - start] = d[start:]
-        late_m = np.ndarray(shape=(len(pad) - WINDOW + 1,), dtype=win.dtype, buffer=pad,
-                            strides=(1,))[off[late] - start].view(np.uint8).reshape(len(late), WINDOW)
+        late_m = byte_windows(pad, WINDOW)[off[late] - start].view(np.uint8).reshape(len(late), WINDOW)
         off = np.minimum(off, last)
     elig = np.empty(n, np.bool_)
     cols = {k: np.empty(n, t) for k, t in _OUT}
@@ -98,8 +107,8 @@ def _ipv4(m: np.ndarray, caplen: np.ndarray, wire: np.ndarray, is4: np.ndarray, 
           & ~(whole & (ipend > cap)) & (code >= 0))
     _ports_flags(m, cap, code, ipend, 34, ok, out)
     a = m[:, 26:34].copy().view(">u4")
-    np.bitwise_or(a[:, 0], _MAPPED, out=out["src_lo"])
-    np.bitwise_or(a[:, 1], _MAPPED, out=out["dst_lo"])
+    np.bitwise_or(a[:, 0], IPV4_MAPPED, out=out["src_lo"])
+    np.bitwise_or(a[:, 1], IPV4_MAPPED, out=out["dst_lo"])
     out["src_hi"][:] = 0
     out["dst_hi"][:] = 0
     out["proto"][:] = proto

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import CaptureError
 from .batch import FrameBatch
+from .fastpath import byte_windows
 from .walk import walk
 
 CHUNK = 4 << 20             # bytes read per step: memory stays bounded by a few chunks (and they stay in cache)
@@ -43,9 +44,8 @@ GZIP_MAGIC = b"\x1f\x8b"
 
 def _gather_u32(d: np.ndarray, offs: np.ndarray, nwords: int, order: str) -> np.ndarray:
     """``nwords`` consecutive 32-bit words at each offset -> (n, nwords) native uint32."""
-    w = 4 * nwords
-    win = np.ndarray(shape=(max(len(d) - w + 1, 0),), dtype=np.dtype((np.void, w)), buffer=d, strides=(1,))
-    return win[offs].view(order + "u4").reshape(len(offs), nwords).astype(np.uint32, copy=False)
+    words = byte_windows(d, 4 * nwords)[offs].view(order + "u4")
+    return words.reshape(len(offs), nwords).astype(np.uint32, copy=False)
 
 
 def _read_fully(f: BinaryIO, n: int) -> bytes:
