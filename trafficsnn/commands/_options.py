@@ -5,20 +5,17 @@ from typing import Callable
 
 import click
 
-MAX_FLOWS_HELP = "Cap on live flows; the least recently seen are evicted beyond it."
+MAX_FLOWS_HELP = "Cap on live flows; the least recently seen are evicted beyond it (0 = no cap)."
 
 
 def flow_table_options(max_flows_help: str = MAX_FLOWS_HELP) -> Callable:
-    """--idle-timeout, --active-timeout and --max-flows: the FlowTable limits (0 = never for the timeouts).
-
-    ``max_flows_help`` lets a command say what it does with --max-flows 0 (commands differ there).
-    """
+    """--idle-timeout, --active-timeout and --max-flows: the FlowTable limits (0 = never / no cap)."""
     options = (
-        click.option("--idle-timeout", type=float, default=120.0, show_default=True,
+        click.option("--idle-timeout", type=click.FloatRange(min=0), default=120.0, show_default=True,
                      help="End a flow after this many seconds without a packet (0 = never)."),
-        click.option("--active-timeout", type=float, default=1800.0, show_default=True,
+        click.option("--active-timeout", type=click.FloatRange(min=0), default=1800.0, show_default=True,
                      help="Cut a flow this many seconds after its first packet (0 = never)."),
-        click.option("--max-flows", type=int, default=1_000_000, show_default=True, help=max_flows_help),
+        click.option("--max-flows", type=click.IntRange(min=0), default=1_000_000, show_default=True, help=max_flows_help),
     )
 
     def decorate(f: Callable) -> Callable:

@@ -65,7 +65,7 @@ def command(interface, pcap, speed, pps, bpf_filter, snaplen, promisc, connect, 
     cfg = AgentConfig(iface=interface, pcap=tuple(pcap), speed=speed or None, pps=pps, bpf_filter=bpf_filter,
                       snaplen=snaplen, promisc=promisc, connect=tuple(connect), bind=tuple(bind),
                       every=every, window=window or None, idle_timeout=idle_timeout or None,
-                      active_timeout=active_timeout or None, max_flows=max_flows, hwm=hwm, lossless=lossless,
+                      active_timeout=active_timeout or None, max_flows=max_flows or None, hwm=hwm, lossless=lossless,
                       metrics_port=metrics_port, metrics_addr=metrics_addr, curve_secret=curve_secret,
                       curve_server=curve_server)
     if sensor:

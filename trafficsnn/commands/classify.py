@@ -22,11 +22,11 @@ from ..serve.config import config_option
               help="first: once, when confident enough or at flow end; update: after every update; final: at flow end.")
 @click.option("--min-confidence", type=click.FloatRange(0, 1), default=0.8, show_default=True,
               help="With --emit first: the confidence that triggers the verdict before the flow ends.")
-@click.option("--batch", type=int, default=4096, show_default=True, help="Micro-batch: at most this many updates...")
+@click.option("--batch", type=click.IntRange(min=1), default=4096, show_default=True, help="Micro-batch: at most this many updates...")
 @click.option("--batch-ms", type=float, default=5.0, show_default=True, help="...or this many milliseconds.")
-@click.option("--max-flows", type=int, default=250_000, show_default=True,
+@click.option("--max-flows", type=click.IntRange(min=1), default=250_000, show_default=True,
               help="Per-flow SNN states kept; the least recently updated are evicted beyond it (counted).")
-@click.option("--rcvhwm", type=int, default=1000, show_default=True, help="Messages queued on the receive side.")
+@click.option("--rcvhwm", type=click.IntRange(min=0), default=1000, show_default=True, help="Messages queued on the receive side.")
 @click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port.")
 @click.option("--metrics-addr", default="127.0.0.1", show_default=True, help="Address for the metrics endpoint.")
 @click.option("--curve-secret", type=click.Path(dir_okay=False), help="Server CURVE NAME.key_secret file.")

@@ -105,7 +105,7 @@ def extract_files(paths: list[str], out: str, *, fmt: str = "npz", idle_timeout:
               help="Output file (.npz columnar flows; with --format jsonl, '-' writes to stdout).")
 @click.option("--format", "fmt", type=click.Choice(["npz", "jsonl"]), default=None,
               help="Output format [default: from the file name: .jsonl/.json -> jsonl, else npz].")
-@flow_table_options(max_flows_help="Cap on live flows; the least recently seen are evicted beyond it (0 = no cap).")
+@flow_table_options()
 @click.option("--tcp-close/--no-tcp-close", default=True, show_default=True,
               help="End TCP flows at RST, or at the FIN handshake (its last ACK, within 2 s, stays in the flow).")
 @click.option("--max-packets", type=int, default=0, show_default=True,

@@ -48,7 +48,7 @@ class AgentConfig:
     window: float | None = 1.0
     idle_timeout: float | None = 120.0
     active_timeout: float | None = 1800.0
-    max_flows: int = 1_000_000
+    max_flows: int | None = 1_000_000
     hwm: int = 1000
     max_batch: int = 1024               # updates per message
     flush_ms: float = 10.0              # send a partial message after this long
