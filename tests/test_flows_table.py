@@ -345,3 +345,20 @@ def test_flows_never_import_torch():
     code = "import sys, trafficsnn.flows, trafficsnn.commands.extract; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_timestamps_monotonic_within_flow_and_counted():
+    """A packet older than its flow's predecessor (merged captures) keeps its place and takes the
+    predecessor's time, inside a batch and across batches; other flows are untouched."""
+    a = [(1.0, 1, 1000, 2, 80, 17, 100, 0), (3.0, 2, 80, 1, 1000, 17, 200, 0), (2.0, 1, 1000, 2, 80, 17, 300, 0),
+         (0.5, 5, 7, 6, 8, 17, 50, 0), (4.0, 1, 1000, 2, 80, 17, 400, 0)]
+    b = [(3.5, 1, 1000, 2, 80, 17, 500, 0), (5.0, 2, 80, 1, 1000, 17, 600, 0)]
+    t = FlowTable(idle_timeout=None, active_timeout=None)
+    out = t.add(make_batch(a)) + t.add(make_batch(b)) + t.flush()
+    by_size = {int(f.size[0]): f for f in out}
+    f = by_size[100]
+    assert f.ts.tolist() == [1.0, 3.0, 3.0, 4.0, 4.0, 5.0]
+    assert f.size.tolist() == [100, 200, 300, 400, 500, 600]      # capture order kept
+    assert by_size[50].ts.tolist() == [0.5]
+    assert t.stats["ts_clamped"] == 2
+    assert all((np.diff(x.ts) >= 0).all() for x in out)

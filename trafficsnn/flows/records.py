@@ -54,7 +54,8 @@ class Flow:
 
     flow_id: int
     key: FlowKey
-    ts: np.ndarray          # float64 absolute seconds, non-decreasing
+    ts: np.ndarray          # float64 absolute seconds, non-decreasing (FlowTable clamps an older packet
+    #                         to its predecessor's time and counts it in stats["ts_clamped"])
     size: np.ndarray        # uint32 IP total length of each packet
     direction: np.ndarray   # uint8, C2S or S2C
     wire_len: np.ndarray    # uint32 frame length on the wire

@@ -213,8 +213,42 @@ class FlowTable:
         self.stats: dict = {
             "packets": 0, "batches": 0, "flows_created": 0, "flows_ended": 0,
             "evicted": 0, "packets_not_stored": 0, "max_live": 0, "hash_collisions": 0,
+            "ts_clamped": 0,
             "ended": {r: 0 for r in END_REASONS},
         }
+
+    def _monotonic(self, ts: np.ndarray, sst: np.ndarray, send: np.ndarray, cont: np.ndarray,
+                   seg_slot: np.ndarray) -> np.ndarray:
+        """Timestamps made non-decreasing inside each flow (``Flow.ts``'s promise).
+
+        Merged or multi-interface captures can hold a packet older than its flow's
+        previous one. Such a packet keeps its place in the flow (capture order) and
+        takes its predecessor's timestamp, so gaps are never negative; each clamped
+        packet is counted in ``stats["ts_clamped"]``. Only the rare affected flows
+        pay for a loop; the common case is one vectorised comparison.
+        """
+        n = len(ts)
+        if n == 0:
+            return ts
+        back = np.zeros(n, bool)
+        back[1:] = ts[1:] < ts[:-1]
+        back[sst] = False                                 # a segment's first packet ...
+        prev_last = self._slots.cols["last_ts"][seg_slot]
+        back[sst[cont]] = ts[sst[cont]] < prev_last[cont]  # ... is compared with its live flow
+        if not back.any():
+            return ts
+        ts = ts.copy()
+        seg_of = np.searchsorted(sst, np.flatnonzero(back), side="right") - 1
+        clamped = 0
+        for g in np.unique(seg_of).tolist():
+            a, b = int(sst[g]), int(send[g])
+            old = ts[a:b].copy()
+            if cont[g]:
+                ts[a] = max(ts[a], prev_last[g])
+            np.maximum.accumulate(ts[a:b], out=ts[a:b])
+            clamped += int((ts[a:b] != old).sum())
+        self.stats["ts_clamped"] += clamped
+        return ts
 
     # ------------------------------------------------------------------ public
     def __len__(self) -> int:
@@ -484,6 +518,7 @@ class FlowTable:
         if do_fin:
             # closing time of each final segment's flow (the last loop round saw these segments)
             S["close_ts"][seg_slot] = np.where(cpos < send, cts, np.inf)
+        ts = self._monotonic(ts, sst, send, cont, seg_slot)
         pslot = np.take(seg_slot, sid)
         direction = (fa != np.take(S["client_a"], pslot)).astype(np.uint8)
         wire = np.take(batch.wire_len, order)
