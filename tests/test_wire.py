@@ -24,6 +24,7 @@ def _updates(n: int = 3, seed: int = 0) -> list[FlowUpdate]:
         out.append(FlowUpdate(flow_id=i, key=key, start_ts=1e9 + i, seq=i * 7, ts=ts,
                               size=rng.integers(40, 1500, k).astype(np.uint32),
                               direction=rng.integers(0, 2, k).astype(np.uint8),
+                              tcp_flags=rng.integers(0, 256, k).astype(np.uint8),
                               final=bool(i % 2), reason="fin" if i % 2 else "", wire_bytes=123 * i))
     return out
 
@@ -34,6 +35,7 @@ def _same(a: FlowUpdate, b: FlowUpdate) -> None:
     np.testing.assert_array_equal(a.ts, b.ts)
     np.testing.assert_array_equal(a.size, b.size)
     np.testing.assert_array_equal(a.direction, b.direction)
+    np.testing.assert_array_equal(a.flags_or_zero(), b.flags_or_zero())
 
 
 def test_roundtrip_over_real_zmq_socket_zero_copy():
@@ -79,7 +81,7 @@ def _frames(n: int = 3) -> list[bytes]:
         (lambda f: f[:3] + [f[3][:-8]] + f[4:], "bad_length"),
         (lambda f: f[:2] + [struct.pack("<4q", 0, 5, 2, 9)] + f[3:], "bad_offsets"),
         (lambda f: f[:3] + [struct.pack("<d", float("nan")) + f[3][8:]] + f[4:], "bad_time"),
-        (lambda f: f[:5] + [b"\x07" + f[5][1:]], "bad_direction"),
+        (lambda f: f[:5] + [b"\x07" + f[5][1:]] + f[6:], "bad_direction"),
         (lambda f: [f[0][:10]], "short_header"),
     ],
 )

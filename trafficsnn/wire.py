@@ -9,13 +9,14 @@ directions), so a malformed message becomes one ``WireError`` and nothing else.
 
 Message kinds
 -------------
-``UPDATES`` (header + 5 frames): a batch of ``FlowUpdate``s.
+``UPDATES`` (header + 6 frames): a batch of ``FlowUpdate``s.
     1. ``keys``: one ``UPDATE_DTYPE`` record per update (flow key, flow id, seq,
        start time, final flag, reason, wire bytes, wall time of its last packet)
     2. ``offsets``: int64, n_updates + 1, update i owns packets
        ``offsets[i]:offsets[i+1]`` of the packet frames
     3. ``ts``: float64 absolute seconds, 4. ``size``: uint32 IP length,
-    5. ``direction``: uint8 (0 = client -> server, 1 = server -> client)
+    5. ``direction``: uint8 (0 = client -> server, 1 = server -> client),
+    6. ``tcp_flags``: uint8 (0 for non-TCP; the packet-clocked encoder codes SYN/FIN/RST/PSH)
 ``STATS`` (header + 1 frame): the sender's counters as a JSON object.
 ``EOS`` (header + 1 frame): end of stream, with the sender's final counters.
 
@@ -40,7 +41,7 @@ from .flows.records import END_REASONS, FlowKey, FlowUpdate
 log = logging.getLogger(__name__)
 
 MAGIC = b"TSNW"
-VERSION = 1
+VERSION = 2   # 2: a tcp_flags frame per packet (sensors and classifiers upgrade together)
 
 KIND_UPDATES, KIND_STATS, KIND_EOS = 1, 2, 3
 KIND_NAMES = {KIND_UPDATES: "updates", KIND_STATS: "stats", KIND_EOS: "eos"}
@@ -84,9 +85,10 @@ ARRAY_FRAMES: tuple[tuple[str, np.dtype], ...] = (
     ("ts", np.dtype("<f8")),
     ("size", np.dtype("<u4")),
     ("direction", np.dtype("u1")),
+    ("tcp_flags", np.dtype("u1")),
 )
 # Dtype codes written in the header (4 ASCII bytes per array frame, 6 slots).
-_DTYPE_CODES = b"".join(c.ljust(4, b"\0") for c in (b"upd1", b"<i8", b"<f8", b"<u4", b"|u1")).ljust(24, b"\0")
+_DTYPE_CODES = b"".join(c.ljust(4, b"\0") for c in (b"upd1", b"<i8", b"<f8", b"<u4", b"|u1", b"|u1")).ljust(24, b"\0")
 _JSON_CODES = b"json".ljust(24, b"\0")  # STATS and EOS carry one JSON frame
 
 
@@ -132,6 +134,7 @@ class UpdateBatch:
     ts: np.ndarray
     size: np.ndarray
     direction: np.ndarray
+    tcp_flags: np.ndarray
 
     @property
     def sensor(self) -> str:
@@ -154,7 +157,7 @@ class UpdateBatch:
         return FlowUpdate(
             flow_id=int(r["flow_id"]), key=self.flow_key(i), start_ts=float(r["start_ts"]), seq=int(r["seq"]),
             ts=self.ts[a:b], size=self.size[a:b], direction=self.direction[a:b],
-            final=bool(r["final"]), reason=REASONS[int(r["reason"])], wire_bytes=int(r["wire_bytes"]),
+            tcp_flags=self.tcp_flags[a:b], final=bool(r["final"]), reason=REASONS[int(r["reason"])], wire_bytes=int(r["wire_bytes"]),
         )
 
     def updates(self) -> Iterator[FlowUpdate]:
@@ -210,13 +213,15 @@ def encode_updates(updates: Sequence[FlowUpdate], *, sensor: str = "", msg_seq: 
         ts = np.concatenate([u.ts for u in updates]).astype("<f8", copy=False)
         size = np.concatenate([u.size for u in updates]).astype("<u4", copy=False)
         direction = np.concatenate([u.direction for u in updates]).astype("u1", copy=False)
+        flags = np.concatenate([u.flags_or_zero() for u in updates]).astype("u1", copy=False)
     else:
         keys = np.zeros(0, dtype=UPDATE_DTYPE)
         ts, size, direction = np.empty(0, "<f8"), np.empty(0, "<u4"), np.empty(0, "u1")
+        flags = np.empty(0, "u1")
     n_packets = int(offsets[-1])
     head = _header(KIND_UPDATES, 1 + len(ARRAY_FRAMES), sensor, n, n_packets, msg_seq, sent_wall)
     return [head, keys, offsets, np.ascontiguousarray(ts), np.ascontiguousarray(size),
-            np.ascontiguousarray(direction)]
+            np.ascontiguousarray(direction), np.ascontiguousarray(flags)]
 
 
 def encode_stats(stats: dict[str, Any], *, sensor: str = "", msg_seq: int = 0, sent_wall: float = 0.0,
@@ -306,7 +311,7 @@ def _decode(frames: Sequence[Any]) -> UpdateBatch | StatsMessage:
     if h.n_updates > MAX_UPDATES or h.n_packets > MAX_PACKETS:
         raise WireError("too_large", f"{h.n_updates} updates / {h.n_packets} packets exceed the limits")
     n, p = h.n_updates, h.n_packets
-    want = {"keys": n, "offsets": n + 1, "ts": p, "size": p, "direction": p}
+    want = {"keys": n, "offsets": n + 1, "ts": p, "size": p, "direction": p, "tcp_flags": p}
     arrays: dict[str, np.ndarray] = {}
     for (name, dtype), frame in zip(ARRAY_FRAMES, frames[1:]):
         m = _buf(frame)
@@ -331,7 +336,7 @@ def _decode(frames: Sequence[Any]) -> UpdateBatch | StatsMessage:
             raise WireError("bad_time", "an update start or wall time is not finite")
         if int(keys["reason"].max()) >= len(REASONS) or int(keys["final"].max()) > 1:
             raise WireError("bad_reason", "an update has an unknown end reason or final flag")
-    return UpdateBatch(h, keys, off, ts, arrays["size"], arrays["direction"])
+    return UpdateBatch(h, keys, off, ts, arrays["size"], arrays["direction"], arrays["tcp_flags"])
 
 
 class WireStats:

@@ -158,7 +158,7 @@ class EveryK:
         keys = table.keys_of(slots)
         fids = S["fid"][slots].tolist()
         fts = first_ts.tolist()
-        ts, size, d, wl = cols["ts"], cols["size"], cols["direction"], cols["wire_len"]
+        ts, size, d, wl, tf = cols["ts"], cols["size"], cols["direction"], cols["wire_len"], cols["tcp_flags"]
         out: list[FlowUpdate] = []
         pf = f[starts].tolist()
         pseq = (seq0[f[starts]] + pos[starts]).tolist()
@@ -172,11 +172,11 @@ class EveryK:
             fin = codes is not None and bool(is_last_piece[j]) and not natural_end[i]
             out.append(FlowUpdate(fids[i], keys[i], fts[i], pseq[j], ts[a:b], size[a:b], d[a:b],
                                   final=fin, reason=END_REASONS[codes[i] - 1] if fin else "",
-                                  wire_bytes=wsum[j]))
+                                  wire_bytes=wsum[j], tcp_flags=tf[a:b]))
         if codes is not None:
             for i in np.flatnonzero(~has_piece | natural_end).tolist():
                 out.append(FlowUpdate(fids[i], keys[i], fts[i], int(seq0[i] + send_n[i]),
                                       ts[:0], size[:0], d[:0], final=True,
-                                      reason=END_REASONS[codes[i] - 1]))
+                                      reason=END_REASONS[codes[i] - 1], tcp_flags=tf[:0]))
             out.sort(key=lambda u: (u.flow_id, u.seq, u.final))
         return out

@@ -106,6 +106,13 @@ class FlowUpdate:
     final: bool = False
     reason: str = ""        # "" for a periodic update, else one of END_REASONS
     wire_bytes: int = field(default=0)  # wire bytes of the packets carried here
+    tcp_flags: np.ndarray | None = None  # uint8 per packet; None = unknown (sent as 0)
 
     def __len__(self) -> int:
         return int(self.ts.shape[0])
+
+    def flags_or_zero(self) -> np.ndarray:
+        """``tcp_flags``, or zeros when the producer did not record them."""
+        if self.tcp_flags is None:
+            return np.zeros(len(self.ts), np.uint8)
+        return self.tcp_flags
