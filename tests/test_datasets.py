@@ -11,7 +11,8 @@ import pytest
 
 from trafficsnn.errors import ConfigError
 from trafficsnn.flows import flows_from_capture
-from trafficsnn.snn.encoding import ImprovedEncoder, encoder_for
+from trafficsnn.snn.encoding import ImprovedEncoder
+from trafficsnn.snn.registry import encoder_for
 from trafficsnn.train.datasets import SampleCache, build_dataset, file_sha256
 from trafficsnn.train.synth import synthesize
 

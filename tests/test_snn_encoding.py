@@ -7,8 +7,9 @@ import torch
 
 from trafficsnn.errors import ConfigError
 from trafficsnn.snn.encoding import (IMPROVED_SIZE_EDGES, ImprovedEncoder, PaperEncoder, SparseBatch,
-                                     calibration_bins_size, collate, encoder_for, improved_size_bins,
+                                     calibration_bins_size, collate, improved_size_bins,
                                      paper_histogram, paper_size_bins, paper_size_edges)
+from trafficsnn.snn.registry import encoder_for
 
 
 def test_paper_size_edges_table():

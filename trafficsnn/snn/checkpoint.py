@@ -24,9 +24,9 @@ import torch
 
 from ..errors import ModelError
 from .device import resolve_device
-from .encoding import ImprovedEncoder, PaperEncoder, encoder_for
-from .model import SpikingClassifier
-from .presets import PRESETS, build_model, encoding_spec
+from .registry import encoder_for
+from .presets import PRESETS, encoding_spec
+from .registry import architecture
 
 FORMAT = "trafficsnn-snn"
 VERSION = 1
@@ -38,11 +38,11 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.
 
 @dataclass
 class LoadedModel:
-    model: SpikingClassifier
+    model: Any                # a registered architecture (registry.ARCHITECTURES)
     spec: dict[str, Any]
     classes: list[str]
     sha256: str
-    encoder: PaperEncoder | ImprovedEncoder
+    encoder: Any              # a registered encoder (registry.ENCODERS)
     path: Path = field(default_factory=Path)
 
     @property
@@ -76,7 +76,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(directory: str | os.PathLike, model: SpikingClassifier,
+def save_checkpoint(directory: str | os.PathLike, model,
                     spec: dict[str, Any] | None = None) -> Path:
     """Write model.safetensors + model.json into ``directory``; returns the json path.
 
@@ -102,6 +102,7 @@ def save_checkpoint(directory: str | os.PathLike, model: SpikingClassifier,
     os.replace(tmp, wpath)
     out = {
         "format": FORMAT, "version": VERSION, "preset": preset_name,
+        "architecture": getattr(model, "architecture", "lif"),
         "model": dict(model.config),
         "encoding": spec.get("encoding") or encoding_spec(model, preset_name),
         "classes": [str(c) for c in classes],
@@ -176,7 +177,9 @@ def load_checkpoint(path: str | os.PathLike | None = None, device: str | torch.d
         raise _fail(wpath, f"cannot read safetensors weights: {exc}") from None
     try:
         encoder = encoder_for(enc_spec)
-        model = build_model(preset_name, len(classes), **{k: v for k, v in cfg.items() if k != "n_classes"})
+        arch = spec.get("architecture") or PRESETS[preset_name].get("architecture", "lif")
+        model = architecture(str(arch))(n_classes=len(classes), **{k: v for k, v in cfg.items() if k != "n_classes"})
+        model.preset = preset_name
     except Exception as exc:  # noqa: BLE001
         raise _fail(jpath, f"invalid model or encoding settings: {exc}") from None
     if encoder.n_steps != model.n_steps or encoder.n_inputs != model.n_inputs:

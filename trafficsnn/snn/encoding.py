@@ -11,10 +11,12 @@ Two encoders, one sparse batch type:
   single clock starting at the flow's first packet, direction 0 = client->server,
   the same size bins for both directions (table below) with an overflow bin.
 
-Training and serving both call :func:`collate` to batch samples, and
-:func:`encoder_for` to build the encoder a preset or checkpoint names, so a model
-sees in production exactly what it saw in training. This module needs only
-numpy; torch is imported lazily by :class:`SparseBatch` helpers.
+Both register themselves in :mod:`trafficsnn.snn.registry` (``registry.encoder_for``
+builds the encoder a preset or checkpoint names); the packet-clocked encoder lives in
+:mod:`trafficsnn.snn.packet_encoding`. Training and serving both call :func:`collate`
+to batch samples and a streaming encoder's ``stream`` method to turn packets into
+steps, so a model sees in production exactly what it saw in training. This module
+needs only numpy; torch is imported lazily by :class:`SparseBatch` helpers.
 
 Improved size bins (per direction; neuron = direction * 150 + bin)::
 
@@ -33,6 +35,8 @@ from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from ..errors import ConfigError
+from .registry import register_encoder
+from .streaming import StreamEvents, StreamInput
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -168,10 +172,14 @@ def apply_value_transform(counts: np.ndarray, value: str) -> np.ndarray:
     raise ConfigError(f"unknown input value transform {value!r} (use 'count' or 'log1p')")
 
 
+@register_encoder("paper")
 class PaperEncoder:
-    """The paper's histogram encoding (faithful preset), as sparse events."""
+    """The paper's histogram encoding (faithful preset), as sparse events.
 
-    kind = "paper"
+    Not streaming: its time axis spans each window's own min..max, known only at the end.
+    """
+
+    streaming = False
 
     def __init__(self, n_steps: int = PAPER_N_STEPS):
         if n_steps != PAPER_N_STEPS:
@@ -179,6 +187,10 @@ class PaperEncoder:
         self.n_steps = PAPER_N_STEPS
         self.n_inputs = PAPER_N_INPUTS
         self.value = "count"
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> "PaperEncoder":
+        return cls(int(spec.get("n_steps", PAPER_N_STEPS)))
 
     def spec(self) -> dict[str, Any]:
         return {"kind": "paper", "n_steps": self.n_steps, "n_inputs": self.n_inputs,
@@ -216,6 +228,7 @@ def improved_size_bins(size: np.ndarray) -> np.ndarray:
     return np.searchsorted(IMPROVED_SIZE_EDGES, s, side="right") - 1
 
 
+@register_encoder("improved")
 class ImprovedEncoder:
     """Fixed-step encoding on one clock (improved preset).
 
@@ -227,7 +240,7 @@ class ImprovedEncoder:
     step are final and equal to the offline encoding.
     """
 
-    kind = "improved"
+    streaming = True
 
     def __init__(self, bin_s: float = 0.2, n_steps: int = 300, value: str = "count"):
         if not (bin_s > 0 and np.isfinite(bin_s)):
@@ -239,6 +252,14 @@ class ImprovedEncoder:
         self.n_steps = int(n_steps)
         self.n_inputs = 2 * IMPROVED_BINS_PER_DIRECTION
         self.value = value
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> "ImprovedEncoder":
+        return cls(float(spec.get("bin_s", 0.2)), int(spec.get("n_steps", 300)), str(spec.get("value", "count")))
+
+    def window_mask(self, rel_ts: np.ndarray) -> np.ndarray:
+        """Which packets of a flow (seconds since its first) a sample covers."""
+        return np.asarray(rel_ts) < self.duration_s
 
     def spec(self) -> dict[str, Any]:
         return {"kind": "improved", "bin_s": self.bin_s, "n_steps": self.n_steps,
@@ -273,23 +294,36 @@ class ImprovedEncoder:
         rel = ts - ts[0] if ts.size else ts
         return self.sample(rel, flow.size, flow.direction, t0)
 
+    def stream(self, x: StreamInput) -> StreamEvents:
+        """Events of the steps the new packets complete.
 
-def encoder_for(spec: Mapping[str, Any] | str) -> PaperEncoder | ImprovedEncoder:
-    """The encoder a preset name, preset dict, checkpoint spec or encoding spec names."""
-    if isinstance(spec, str):
-        from .presets import PRESETS
-        if spec not in PRESETS:
-            raise ConfigError(f"unknown preset {spec!r}; known: {', '.join(PRESETS)}")
-        spec = PRESETS[spec]["encoding"]
-    elif "encoding" in spec:
-        spec = spec["encoding"]
-    kind = spec.get("kind")
-    if kind == "paper":
-        return PaperEncoder(int(spec.get("n_steps", PAPER_N_STEPS)))
-    if kind == "improved":
-        return ImprovedEncoder(float(spec.get("bin_s", 0.2)), int(spec.get("n_steps", 300)),
-                               str(spec.get("value", "count")))
-    raise ConfigError(f"unknown encoding kind {kind!r} in spec (expected 'paper' or 'improved')")
+        A step is complete once a later packet (or the flow's end) has passed it; the
+        packets of a flow's newest, still-open step are held back (``hold``) and must
+        come again with its next packets, so each step's counts are final and equal the
+        offline encoding. At the flow's end every step up to ``n_steps`` is complete.
+        """
+        f = np.asarray(x.flow, np.int64)
+        n = x.n_flows
+        done = np.asarray(x.steps_done, np.int64)
+        step = self.steps_of(np.asarray(x.ts, np.float64) - np.asarray(x.start_ts, np.float64)[f])
+        neuron = np.asarray(x.direction, np.int64) * IMPROVED_BINS_PER_DIRECTION + improved_size_bins(x.size)
+        target = done.copy()
+        if step.size:
+            last = np.full(n, -1, np.int64)
+            np.maximum.at(last, f, step)
+            np.maximum(target, np.minimum(last, self.n_steps), out=target)
+        final = np.asarray(x.final, bool)
+        target[final] = np.maximum(done[final], self.n_steps)
+        in_window = (step >= done[f]) & (step < self.n_steps)
+        feed = in_window & (step < target[f])
+        hold = in_window & ~feed & ~final[f]
+        # aggregate counts per (flow, step, neuron), then the value transform
+        flat = (f[feed] * self.n_steps + step[feed]) * self.n_inputs + neuron[feed]
+        uniq, counts = np.unique(flat, return_counts=True)
+        values = apply_value_transform(counts.astype(np.float64), self.value).astype(np.float32)
+        rest = uniq // self.n_inputs
+        return StreamEvents(rest // self.n_steps, rest % self.n_steps, uniq % self.n_inputs, values, target, hold,
+                            int((step < done[f]).sum()), int((step >= self.n_steps).sum()))
 
 
 # --------------------------------------------------------------------------- batches

@@ -22,6 +22,7 @@ from .encoding import SparseBatch
 from .kernels import lif_scan, lif_scan_events, make_events
 from .layers import LeakyMeanReadout, LIFLayer
 from .neurons import (EPS, LIFState, lif_step, readout_loop_scores, readout_time_weights)
+from .registry import register_architecture
 
 Input = torch.Tensor | SparseBatch
 
@@ -55,6 +56,7 @@ class StreamState(NamedTuple):
         return StreamState(*(torch.cat(xs) for xs in zip(*states)))
 
 
+@register_architecture("lif")
 class SpikingClassifier(nn.Module):
     """The paper's SNN: n_inputs -> n_hidden LIF -> n_classes leaky mean readout."""
 

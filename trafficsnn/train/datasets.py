@@ -223,7 +223,7 @@ def extract_capture(path: Path, encoder, max_packets: int | None = None,
 
 def _extract_job(path: str, enc_spec: dict, max_packets, flow_opts, out: str) -> str:
     """Worker-process body of ``SampleCache.prefetch`` (module level so it can be pickled by spawn)."""
-    from ..snn.encoding import encoder_for
+    from ..snn.registry import encoder_for
 
     extract_capture(Path(path), encoder_for(enc_spec), max_packets, flow_opts).save(Path(out))
     return out
@@ -395,7 +395,7 @@ def build_dataset(
     if not root.exists():
         raise ConfigError(f"data path not found: {root}")
     if isinstance(encoder, str) or isinstance(encoder, dict):
-        from ..snn.encoding import encoder_for
+        from ..snn.registry import encoder_for
 
         encoder = encoder_for(encoder)
     src = detect_source(root, labels_csv, rules) if source == "auto" else source

@@ -240,7 +240,7 @@ class TrainOptions:
 
 
 def load_samples(data, opts: TrainOptions, encoding=None, classes=None) -> SampleSet:
-    from ..snn.encoding import encoder_for
+    from ..snn.registry import encoder_for
 
     if encoding is None:
         from ..snn.presets import preset

@@ -1,0 +1,311 @@
+"""RecurrentALIF: a recurrent spiking network of adaptive LIF neurons with anytime readout.
+
+Made for the packet-clocked encoding (one step per packet). Per hidden layer and
+step, with learned per-neuron time constants (Norse-style pure step function
+:func:`alif_step` over an explicit :class:`ALIFState`)::
+
+    I_t = x_t W_in + s_{t-1} W_rec + bias                  (recurrent)
+    a_t = rho a_{t-1} + (1 - rho) s_{t-1}                    (spike-triggered adaptation)
+    A_t = 1 + beta a_t                                       (adaptive threshold)
+    v_t = alpha v_{t-1} + (1 - alpha) I_t - A_{t-1} s_{t-1}  (soft reset)
+    s_t = H(v_t - A_t)                                       (surrogate gradient)
+
+alpha = exp(-1/tau_mem) and rho = exp(-1/tau_adapt) come from learned per-neuron
+time constants (initialised spread over a range of packets), beta >= 0. The
+readout is non-spiking: a leaky trace m_t = kappa m_{t-1} + (1 - kappa) s_t of the
+last layer's spikes (learned kappa per neuron) and the running spike rate c_t / t;
+class scores at step t are ``[m_t, c_t / t] W_out + b_out``, so a verdict exists
+after every packet and ``forward`` on a whole flow equals streaming it packet by
+packet (``init_state`` / ``advance`` / ``logits``).
+
+``run`` loops over steps with torch ops (the vectorised path: input currents of all
+steps in one matmul, one fused elementwise update per step); ``reference=True``
+runs :func:`alif_step` from a dense input, the plain loop the tests compare with.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from .encoding import SparseBatch
+from .neurons import heaviside
+from .registry import register_architecture
+
+
+class ALIFParameters(NamedTuple):
+    alpha: torch.Tensor   # (H,) membrane decay per step
+    rho: torch.Tensor     # (H,) adaptation decay per step
+    beta: torch.Tensor    # (H,) adaptation strength (>= 0)
+    slope: float = 5.0
+
+
+class ALIFState(NamedTuple):
+    v: torch.Tensor       # (B, H) membrane
+    a: torch.Tensor       # (B, H) adaptation trace
+    s: torch.Tensor       # (B, H) spikes of the previous step
+
+
+def alif_step(current: torch.Tensor, state: ALIFState, p: ALIFParameters) -> tuple[torch.Tensor, ALIFState]:
+    """One step of an adaptive LIF layer given its total input current (module docstring)."""
+    thr_prev = 1.0 + p.beta * state.a
+    a = p.rho * state.a + (1 - p.rho) * state.s
+    v = p.alpha * state.v + (1 - p.alpha) * current - thr_prev * state.s
+    s = heaviside(v - (1.0 + p.beta * a), p.slope)
+    return s, ALIFState(v, a, s)
+
+
+class StreamStateALIF(NamedTuple):
+    """Per-flow state between updates (rows = flows)."""
+
+    v: torch.Tensor       # (n, L, H)
+    a: torch.Tensor       # (n, L, H)
+    s: torch.Tensor       # (n, L, H)
+    m: torch.Tensor       # (n, H) leaky readout trace of the last layer
+    c: torch.Tensor       # (n, H) spike count of the last layer
+    steps: torch.Tensor   # (n,) steps seen
+
+
+def _tau_param(n: int, lo: float, hi: float, gen: torch.Generator | None = None) -> nn.Parameter:
+    """log(tau - 1) of time constants spread log-uniformly over [lo, hi] steps."""
+    u = torch.rand(n, generator=gen)
+    tau = torch.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
+    return nn.Parameter(torch.log(tau - 1.0))
+
+
+def _decay(p: torch.Tensor) -> torch.Tensor:
+    return torch.exp(-1.0 / (1.0 + torch.exp(p)))   # tau = 1 + e^p > 1 step
+
+
+@register_architecture("alif")
+class RecurrentALIF(nn.Module):
+    """n_inputs -> n_layers x n_hidden recurrent ALIF -> leaky/rate readout -> n_classes."""
+
+    def __init__(self, n_inputs: int, n_classes: int, n_steps: int = 64, n_hidden: int = 64, n_layers: int = 1,
+                 recurrent: bool = True, tau_mem: tuple[float, float] = (2.0, 20.0),
+                 tau_adapt: tuple[float, float] = (5.0, 100.0), tau_readout: tuple[float, float] = (2.0, 30.0),
+                 beta_init: float = 0.5, input_std: float = 0.6, surrogate_slope: float = 5.0,
+                 dropout: float = 0.1):
+        super().__init__()
+        for name, v in (("n_inputs", n_inputs), ("n_hidden", n_hidden), ("n_classes", n_classes),
+                        ("n_steps", n_steps), ("n_layers", n_layers)):
+            if int(v) != v or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if n_classes < 2:
+            raise ValueError(f"n_classes must be at least 2, got {n_classes}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be within [0, 1), got {dropout}")
+        self.config: dict[str, Any] = dict(
+            n_inputs=int(n_inputs), n_classes=int(n_classes), n_steps=int(n_steps), n_hidden=int(n_hidden),
+            n_layers=int(n_layers), recurrent=bool(recurrent), tau_mem=[float(x) for x in tau_mem],
+            tau_adapt=[float(x) for x in tau_adapt], tau_readout=[float(x) for x in tau_readout],
+            beta_init=float(beta_init), input_std=float(input_std), surrogate_slope=float(surrogate_slope),
+            dropout=float(dropout))
+        self.n_inputs, self.n_classes, self.n_steps = int(n_inputs), int(n_classes), int(n_steps)
+        self.n_hidden, self.n_layers, self.recurrent = int(n_hidden), int(n_layers), bool(recurrent)
+        self.slope, self.dropout = float(surrogate_slope), float(dropout)
+        self.preset: str | None = None
+        H = self.n_hidden
+        self.w_in = nn.ParameterList()
+        self.w_rec = nn.ParameterList()
+        self.bias = nn.ParameterList()
+        self.tau_mem = nn.ParameterList()
+        self.tau_adapt = nn.ParameterList()
+        self.beta = nn.ParameterList()
+        for layer in range(self.n_layers):
+            n_in = self.n_inputs if layer == 0 else H
+            std = input_std if layer == 0 else 1.5 / math.sqrt(H)
+            self.w_in.append(nn.Parameter(torch.randn(n_in, H) * std))
+            if self.recurrent:
+                self.w_rec.append(nn.Parameter(torch.randn(H, H) * (0.5 / math.sqrt(H))))
+            self.bias.append(nn.Parameter(torch.zeros(H)))
+            self.tau_mem.append(_tau_param(H, *tau_mem))
+            self.tau_adapt.append(_tau_param(H, *tau_adapt))
+            self.beta.append(nn.Parameter(torch.full((H,), float(beta_init))))
+        self.tau_out = _tau_param(H, *tau_readout)
+        self.readout = nn.Linear(2 * H, self.n_classes)
+
+    # ------------------------------------------------------------------ parameters
+    def clamp_parameters(self) -> None:
+        """Keep adaptation strengths >= 0 (call after each optimiser step)."""
+        with torch.no_grad():
+            for b in self.beta:
+                b.clamp_(min=0.0)
+
+    def params(self, layer: int) -> ALIFParameters:
+        return ALIFParameters(_decay(self.tau_mem[layer]), _decay(self.tau_adapt[layer]),
+                              self.beta[layer].clamp(min=0.0), self.slope)
+
+    def time_constants(self) -> dict[str, list[list[float]]]:
+        """Learned time constants in steps (packets), per layer: for model cards and export."""
+        f = (lambda p: (1.0 + torch.exp(p.detach())).cpu().tolist())
+        return {"tau_mem": [f(p) for p in self.tau_mem], "tau_adapt": [f(p) for p in self.tau_adapt],
+                "tau_readout": f(self.tau_out)}
+
+    # ------------------------------------------------------------------ inputs
+    def _dense(self, x: SparseBatch | torch.Tensor) -> torch.Tensor:
+        w = self.w_in[0]
+        if isinstance(x, SparseBatch):
+            if x.n_inputs != self.n_inputs:
+                raise ValueError(f"batch has {x.n_inputs} input neurons, model expects {self.n_inputs}")
+            return x.to_dense(w.dtype)
+        if x.dim() != 3 or x.shape[2] != self.n_inputs:
+            raise ValueError(f"expected input (B, T, {self.n_inputs}), got {tuple(x.shape)}")
+        return x.to(w.dtype)
+
+    @staticmethod
+    def lengths(x: SparseBatch | torch.Tensor) -> torch.Tensor:
+        """Steps each sample really has: its last step with an event, plus one (>= 1)."""
+        if isinstance(x, SparseBatch):
+            n = torch.zeros(x.n_samples, dtype=torch.long, device=x.step.device)
+            if x.nnz:
+                n = n.scatter_reduce(0, x.sample, x.step + 1, reduce="amax")
+            return n.clamp(min=1)
+        active = (x != 0).any(2)
+        t = torch.arange(1, x.shape[1] + 1, device=x.device)
+        return (active * t).amax(1).clamp(min=1)
+
+    # ------------------------------------------------------------------ the recurrence
+    def init_state(self, n: int) -> StreamStateALIF:
+        w = self.w_in[0]
+        z = w.new_zeros(n, self.n_layers, self.n_hidden)
+        zh = w.new_zeros(n, self.n_hidden)
+        return StreamStateALIF(z, z.clone(), z.clone(), zh, zh.clone(), w.new_zeros(n))
+
+    def _scan(self, dense: torch.Tensor, st: StreamStateALIF, reference: bool = False):
+        """Run ``dense`` (B, T, N) from state ``st``: per-step readout features and the new state."""
+        B, T, _ = dense.shape
+        drop = self.training and self.dropout > 0
+        cur0 = dense @ self.w_in[0] + self.bias[0]                  # (B, T, H): all steps at once
+        ps = [self.params(layer) for layer in range(self.n_layers)]
+        states = [ALIFState(st.v[:, layer], st.a[:, layer], st.s[:, layer]) for layer in range(self.n_layers)]
+        kappa = _decay(self.tau_out)
+        m, c = st.m, st.c
+        feats = []
+        for t in range(T):
+            inp = None
+            for layer in range(self.n_layers):
+                cur = cur0[:, t] if layer == 0 else inp @ self.w_in[layer] + self.bias[layer]
+                if self.recurrent:
+                    cur = cur + states[layer].s @ self.w_rec[layer]
+                s, states[layer] = alif_step(cur, states[layer], ps[layer])
+                inp = s
+            if drop:
+                inp = nn.functional.dropout(inp, self.dropout, True)
+            m = kappa * m + (1 - kappa) * inp
+            c = c + inp
+            feats.append((m, c))
+        new = StreamStateALIF(torch.stack([s.v for s in states], 1), torch.stack([s.a for s in states], 1),
+                              torch.stack([s.s for s in states], 1), m, c, st.steps + T)
+        return feats, new
+
+    def _score(self, m: torch.Tensor, c: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+        rate = c / steps.clamp(min=1).unsqueeze(-1).to(c.dtype)
+        return self.readout(torch.cat([m, rate], -1))
+
+    def step_logits(self, x: SparseBatch | torch.Tensor, reference: bool = False) -> torch.Tensor:
+        """Class scores after every step, (B, T, C), from rest."""
+        dense = self._dense(x)
+        B, T, _ = dense.shape
+        feats, _ = self._scan(dense, self.init_state(B), reference)
+        m = torch.stack([f[0] for f in feats], 1)
+        c = torch.stack([f[1] for f in feats], 1)
+        steps = torch.arange(1, T + 1, device=dense.device, dtype=dense.dtype).expand(B, T)
+        return self._score(m, c, steps)
+
+    def run(self, x: SparseBatch | torch.Tensor, reference: bool = False):
+        """Scores at each sample's last real step, and the last layer's spike counts."""
+        from .model import ModelOutput
+
+        lens = self.lengths(x)
+        dense = self._dense(x)
+        T = int(lens.max()) if lens.numel() else 1
+        dense = dense[:, :T]
+        B = dense.shape[0]
+        if reference:
+            return ModelOutput(self._reference(dense, lens), dense.new_zeros(B, self.n_hidden))
+        feats, _ = self._scan(dense, self.init_state(B))
+        m = torch.stack([f[0] for f in feats], 1)
+        c = torch.stack([f[1] for f in feats], 1)
+        idx = (lens - 1).view(B, 1, 1).expand(B, 1, self.n_hidden)
+        m_l, c_l = m.gather(1, idx)[:, 0], c.gather(1, idx)[:, 0]
+        return ModelOutput(self._score(m_l, c_l, lens), c_l.detach())
+
+    def forward(self, x: SparseBatch | torch.Tensor, reference: bool = False) -> torch.Tensor:
+        return self.run(x, reference).logits
+
+    def train_logits(self, x: SparseBatch, checkpoints=(1, 2, 3, 5, 10, 20, 30, 50)):
+        """(final scores (B, C), early scores (B, K, C), mask (B, K)) for anytime training.
+
+        Early scores are taken after the first k packets for each checkpoint k shorter
+        than the sample, so the loss can ask for good verdicts from the first packets on.
+        """
+        lens = self.lengths(x)
+        dense = self._dense(x)
+        T = int(lens.max())
+        logits = self.step_logits(dense[:, :T])
+        B = logits.shape[0]
+        final = logits[torch.arange(B, device=logits.device), lens - 1]
+        ks = torch.as_tensor([k for k in checkpoints if k <= T], dtype=torch.long, device=logits.device)
+        if not ks.numel():
+            return final, logits[:, :0], torch.zeros(B, 0, dtype=torch.bool, device=logits.device)
+        early = logits[:, ks - 1]
+        mask = ks.unsqueeze(0) < lens.unsqueeze(1)
+        return final, early, mask
+
+    def prefix_logits(self, x: SparseBatch, steps) -> torch.Tensor:
+        """Anytime scores of each sample after its first ``steps[i]`` steps."""
+        k = torch.as_tensor(steps, dtype=torch.long, device=self.w_in[0].device)
+        logits = self.step_logits(x)
+        k = torch.minimum(k.clamp(min=1), self.lengths(x).to(k.device))
+        return logits[torch.arange(logits.shape[0], device=logits.device), k - 1]
+
+    def _reference(self, dense: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+        """The plain loop: one :func:`alif_step` per step and layer, scores picked at each length."""
+        B, T, _ = dense.shape
+        H = self.n_hidden
+        states = [ALIFState(dense.new_zeros(B, H), dense.new_zeros(B, H), dense.new_zeros(B, H))
+                  for _ in range(self.n_layers)]
+        kappa = _decay(self.tau_out)
+        m = c = dense.new_zeros(B, H)
+        out = dense.new_zeros(B, self.n_classes)
+        for t in range(T):
+            inp = dense[:, t]
+            for layer in range(self.n_layers):
+                cur = inp @ self.w_in[layer] + self.bias[layer]
+                if self.recurrent:
+                    cur = cur + states[layer].s @ self.w_rec[layer]
+                inp, states[layer] = alif_step(cur, states[layer], self.params(layer))
+            m = kappa * m + (1 - kappa) * inp
+            c = c + inp
+            here = (lens == t + 1).unsqueeze(1)
+            steps = torch.full((B,), t + 1, dtype=dense.dtype, device=dense.device)
+            out = torch.where(here, self._score(m, c, steps), out)
+        return out
+
+    # ------------------------------------------------------------------ streaming
+    @torch.no_grad()
+    def advance(self, state: StreamStateALIF, events: SparseBatch | torch.Tensor,
+                n_steps: int | None = None) -> StreamStateALIF:
+        """Advance every flow of ``state`` by the steps of ``events`` (all flows the same count)."""
+        if isinstance(events, SparseBatch):
+            if n_steps is not None and n_steps != events.n_steps:
+                events = SparseBatch(events.sample, events.step, events.neuron, events.value,
+                                     events.n_samples, int(n_steps), events.n_inputs)
+        dense = self._dense(events)
+        if dense.shape[0] != state.v.shape[0]:
+            raise ValueError(f"events are for {dense.shape[0]} flows but the state holds {state.v.shape[0]}")
+        if dense.shape[1] == 0:
+            return state
+        _, new = self._scan(dense, state)
+        return new
+
+    def logits(self, state: StreamStateALIF) -> torch.Tensor:
+        """Anytime class scores of each flow after the steps it has seen."""
+        return self._score(state.m, state.c, state.steps)
+
+    def extra_repr(self) -> str:
+        return (f"preset={self.preset!r}, layers={self.n_layers}x{self.n_hidden}, recurrent={self.recurrent}, "
+                f"n_steps={self.n_steps}")

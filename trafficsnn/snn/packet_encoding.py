@@ -1,0 +1,154 @@
+"""Packet-clocked input encoding: one time step per packet, a few input spikes each.
+
+A spiking network that must decide after a handful of packets should see each
+packet as an event, not a histogram bin of 200 ms (where the first ten packets
+of most flows fall into one or two steps). Packet ``i`` of a flow is step ``i``
+(up to ``n_steps`` packets); its spikes code, with value 1 each:
+
+==============  =======================================================================
+group           neurons
+==============  =======================================================================
+size            ``direction * 44 + bin`` of the estimated L4 payload length (below)
+gap             log10 inter-arrival time since the flow's previous packet, 3 bins per
+                decade from 1 us to 100 s, plus "first packet", "< 1 us" and ">= 100 s"
+TCP flags       SYN, FIN, RST, PSH (one neuron each, when set)
+L4 protocol     TCP, UDP, other
+==============  =======================================================================
+
+Size is the IP total length minus the base IP header (20 bytes IPv4, 40 IPv6) and
+the base L4 header (20 TCP, 8 UDP), so the same flow over IPv4 and IPv6 encodes
+identically (IP options, extension headers and TCP options count as payload).
+Nothing comes from payload bytes, addresses or ports (the address only says
+which IP version to subtract). Streaming needs no held-back packets: a step is
+complete as soon as its packet arrives, so a verdict exists after every packet.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..errors import ConfigError
+from .encoding import SparseSample, aggregate
+from .registry import register_encoder
+from .streaming import StreamEvents, StreamInput, ranks
+
+# payload-length bin edges (bytes): fine near zero and near the MTU (tunnel overheads)
+PAYLOAD_EDGES = np.array([0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256,
+                          320, 384, 448, 512, 640, 768, 896, 1024, 1088, 1152, 1216, 1280, 1312, 1344, 1376,
+                          1400, 1420, 1440, 1452, 1460, 1472, 1480, 1500], dtype=np.float64)
+N_SIZE = len(PAYLOAD_EDGES)                   # 44 bins per direction, the last is ">= 1500"
+GAP_DECADES = (-6, 2)                         # 1 us .. 100 s
+GAP_PER_DECADE = 3
+N_GAP = (GAP_DECADES[1] - GAP_DECADES[0]) * GAP_PER_DECADE + 3   # + first, < 1 us, >= 100 s
+FLAG_BITS = (("SYN", 0x02), ("FIN", 0x01), ("RST", 0x04), ("PSH", 0x08))
+PROTOS = ("tcp", "udp", "other")
+
+OFF_SIZE = 0
+OFF_GAP = 2 * N_SIZE
+OFF_FLAGS = OFF_GAP + N_GAP
+OFF_PROTO = OFF_FLAGS + len(FLAG_BITS)
+N_INPUTS = OFF_PROTO + len(PROTOS)
+
+
+def payload_length(size, proto, ipv6) -> np.ndarray:
+    """Estimated L4 payload bytes: IP length minus the base IP and L4 headers (>= 0)."""
+    size = np.asarray(size, np.int64)
+    proto = np.asarray(proto)
+    ip_hdr = np.where(np.asarray(ipv6, bool), 40, 20)
+    l4_hdr = np.where(proto == 6, 20, np.where(proto == 17, 8, 0))
+    return np.maximum(size - ip_hdr - l4_hdr, 0)
+
+
+def size_bins(payload) -> np.ndarray:
+    return np.searchsorted(PAYLOAD_EDGES, np.asarray(payload, np.float64), side="right") - 1
+
+
+def gap_bins(gap: np.ndarray) -> np.ndarray:
+    """0 = first packet (NaN gap), 1 = < 1 us, 2.. = log bins, last = >= 100 s."""
+    g = np.asarray(gap, np.float64)
+    out = np.zeros(g.shape, np.int64)
+    known = ~np.isnan(g)
+    lg = np.log10(np.maximum(g[known], 1e-12))
+    b = np.floor((lg - GAP_DECADES[0]) * GAP_PER_DECADE).astype(np.int64) + 2
+    out[known] = np.clip(b, 1, N_GAP - 1)
+    return out
+
+
+@register_encoder("packet")
+class PacketEncoder:
+    """One step per packet; see the module docstring for the input neurons."""
+
+    streaming = True
+
+    def __init__(self, n_steps: int = 64):
+        if int(n_steps) != n_steps or not 1 <= n_steps <= 32767:
+            raise ConfigError(f"n_steps (packets per flow) must be an integer in 1..32767, got {n_steps!r}")
+        self.n_steps = int(n_steps)
+        self.n_inputs = N_INPUTS
+        self.value = "spike"
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> "PacketEncoder":
+        return cls(int(spec.get("n_steps", 64)))
+
+    def spec(self) -> dict[str, Any]:
+        return {"kind": "packet", "n_steps": self.n_steps, "n_inputs": self.n_inputs,
+                "size": "L4 payload estimate (IP length - base IP - base L4 header)",
+                "payload_edges": PAYLOAD_EDGES.tolist(), "gap": "log10 s, 3 bins/decade, 1e-6..1e2",
+                "flags": [f for f, _ in FLAG_BITS], "protos": list(PROTOS),
+                "direction": "0 = client->server, 1 = server->client"}
+
+    def window_mask(self, rel_ts: np.ndarray) -> np.ndarray:
+        """Which packets of a flow a sample covers: its first ``n_steps``."""
+        return np.arange(len(rel_ts)) < self.n_steps
+
+    # --------------------------------------------------------------- the one encoding method
+    def stream(self, x: StreamInput) -> StreamEvents:
+        """Events of the new packets: packet j of flow f is step ``steps_done[f] + j``."""
+        f = np.asarray(x.flow, np.int64)
+        P = f.shape[0]
+        n = x.n_flows
+        r = ranks(f)
+        step = np.asarray(x.steps_done, np.int64)[f] + r
+        keep = step < self.n_steps
+        count = np.bincount(f[keep], minlength=n).astype(np.int64)
+        target = np.asarray(x.steps_done, np.int64) + count
+        ts = np.asarray(x.ts, np.float64)
+        prev = np.empty(P)
+        if P:
+            prev[1:] = ts[:-1]
+            first = r == 0
+            prev[first] = np.asarray(x.prev_ts, np.float64)[f[first]]
+        proto = np.asarray(x.proto)[f]
+        d = np.asarray(x.direction, np.int64)
+        size_n = OFF_SIZE + d * N_SIZE + size_bins(payload_length(x.size, proto, np.asarray(x.ipv6)[f]))
+        gap_n = OFF_GAP + gap_bins(ts - prev)
+        proto_n = OFF_PROTO + np.where(proto == 6, 0, np.where(proto == 17, 1, 2))
+        fl = np.asarray(x.tcp_flags, np.uint8)
+        cols_f, cols_s, cols_n = [f, f, f], [step, step, step], [size_n, gap_n, proto_n]
+        for j, (_, bit) in enumerate(FLAG_BITS):
+            on = (fl & bit) != 0
+            cols_f.append(f[on])
+            cols_s.append(step[on])
+            cols_n.append(np.full(int(on.sum()), OFF_FLAGS + j, np.int64))
+        ef, es, en = (np.concatenate(c) for c in (cols_f, cols_s, cols_n))
+        k = es < self.n_steps
+        ef, es, en = ef[k], es[k], en[k]
+        order = np.lexsort((en, es, ef))
+        return StreamEvents(ef[order], es[order], en[order], np.ones(order.shape[0], np.float32), target,
+                            np.zeros(P, bool), 0, int(P - keep.sum()))
+
+    # --------------------------------------------------------------- whole flows (training)
+    def sample(self, ts, size, direction, tcp_flags=None, proto: int = 0, ipv6: bool = False) -> SparseSample:
+        """The sparse input of one whole flow (``stream`` on all its packets at once)."""
+        ev = self.stream(StreamInput.one_flow(ts, size, direction, tcp_flags, proto, ipv6))
+        return aggregate(ev.step, ev.neuron, self.n_inputs)
+
+    def flow(self, flow) -> SparseSample:
+        """Encode a ``flows.Flow``."""
+        from .streaming import is_ipv6
+
+        k = flow.key
+        return self.sample(flow.ts, flow.size, flow.direction, flow.tcp_flags, k.proto,
+                           bool(is_ipv6(k.client_hi, k.client_lo)))
