@@ -130,3 +130,40 @@ def test_policy_first_and_gaps(handle):
     for u in (ups[0], ups[2]):  # the middle update was lost upstream
         gappy.process([wire.decode(wire.encode_updates([u]))])
     assert gappy.drops["gap_updates"] == 1 and gappy.drops["gap_packets"] == 20
+
+
+@pytest.fixture(scope="module")
+def packet_handle(tmp_path_factory) -> ModelHandle:
+    d = make_random_model(tmp_path_factory.mktemp("pmodel"), classes=["a", "b", "c"], seed=5, n_hidden=24,
+                          preset="packet")
+    return ModelHandle.load(d, "cpu")
+
+
+def test_packet_clocked_model_streams_pieces_equal_whole_and_answers_after_every_packet(packet_handle):
+    h = packet_handle
+    rng = np.random.default_rng(4)
+    eng = StreamingClassifier(h, emit="update")
+    key, ts, size, d = _flow(rng, 1, 40, 3.0)
+    flags = rng.choice([0x10, 0x18, 0x11], len(ts)).astype(np.uint8)
+    cuts = [1, 2, 3, 7, 20]
+    ups = _updates(key, 1, ts, size, d, cuts)
+    for u in ups:
+        u.tcp_flags = flags[u.seq:u.seq + len(u)]
+    got = []
+    for u in ups:
+        vs = eng.process([wire.decode(wire.encode_updates([u], sensor="s"))])
+        assert len(vs) == 1 and vs[0].steps == min(u.seq + len(u), h.n_steps)   # one step per packet
+        got.append(np.array([vs[0].probabilities[c] for c in h.classes]))
+    enc = h.encoder
+    from trafficsnn.snn.streaming import is_ipv6
+    smp = enc.sample(ts, size, d, flags, proto=key.proto, ipv6=bool(is_ipv6(key.client_hi, key.client_lo)))
+    b = collate([smp], enc.n_steps, enc.n_inputs)
+    with torch.no_grad():
+        whole = torch.softmax(h.model(b) / h.temperature, 1)[0].numpy()
+        ends = [len(u) + u.seq for u in ups]
+        bb = collate([smp] * len(ends), enc.n_steps, enc.n_inputs)
+        prefix = torch.softmax(h.model.prefix_logits(bb, ends) / h.temperature, 1).numpy()
+    np.testing.assert_allclose(got[-1], whole, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.stack(got), prefix, rtol=1e-4, atol=1e-6)
+    assert np.ptp(np.stack(got), axis=0).max() > 1e-3   # the verdict moves as packets arrive
+    assert eng.active_flows == 0

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from ..snn.presets import DEFAULT_PRESET, PRESETS   # names only: no torch at import time
+
 _HELP_DATA = """DATA is a folder of captures. Labels come from, in this order: --labels CSV
 (flows named by capture file + 5-tuple, nDPI task.csv columns), --rules TOML or an ISCX
 layout (NonVPN-PCAPs/, VPN-PCAPS/, Tor/, NonTor/ folders: labels from file names), or else
@@ -20,8 +22,10 @@ state/ (resumable), test_report/ (report.json, report.md, confusion.png), summar
 """)
 @click.argument("data", type=click.Path(exists=True))
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Output model directory.")
-@click.option("--preset", type=click.Choice(["paper", "improved"]), default="improved", show_default=True,
-              help="Input encoding + network + recipe (paper = the reference paper exactly).")
+@click.option("--preset", type=click.Choice(list(PRESETS)), default=DEFAULT_PRESET, show_default=True,
+              help="Input encoding + network + recipe: packet = packet-clocked events into a recurrent "
+                   "adaptive-LIF SNN (default), improved = 200 ms histogram steps into the paper's network "
+                   "with its flaws fixed, paper = the reference paper exactly.")
 @click.option("--model", "model_kind", type=click.Choice(["snn", "mlp", "gbt"]), default="snn", show_default=True,
               help="snn, or a baseline on the same samples: mlp (same input) / gbt (flow statistics).")
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Epochs (default: the preset's).")
@@ -53,7 +57,8 @@ state/ (resumable), test_report/ (report.json, report.md, confusion.png), summar
 @click.option("--bin-s", type=click.FloatRange(min=1e-4), default=None,
               help="Improved preset: seconds per time step (default 0.2).")
 @click.option("--steps", "n_steps", type=click.IntRange(1), default=None,
-              help="Improved preset: time steps per sample (default 300; window = steps x bin).")
+              help="Time steps per sample: packet preset = packets per flow (default 64); improved "
+                   "preset = time bins (default 300; window = steps x bin).")
 @click.option("--input-value", type=click.Choice(["count", "log1p"]), default=None,
               help="Improved preset: packet counts per (step, size bin) as they are or log1p "
                    "(default: the preset's; improved: log1p).")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 def make_random_model(directory: str | Path, classes: list[str] | None = None, seed: int = 0,
-                      n_hidden: int = 100) -> Path:
+                      n_hidden: int = 100, preset: str = "improved") -> Path:
     import torch
 
     from ..snn.checkpoint import save_checkpoint
@@ -17,13 +17,17 @@ def make_random_model(directory: str | Path, classes: list[str] | None = None, s
 
     classes = classes or ["Browsing", "Chat", "FileTransfer", "Streaming", "VPN_Tor", "VoIP"]
     torch.manual_seed(seed)
-    m = build_model("improved", n_classes=len(classes), n_hidden=n_hidden)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.copy_(torch.rand_like(p) * (0.9 if p.numel() == 1 else 1.0))
-        m.hidden.weight.mul_(3)
+    m = build_model(preset, n_classes=len(classes), n_hidden=n_hidden)
+    if preset == "improved":   # the paper network's own init barely spikes on sparse counts
+        with torch.no_grad():
+            for p in m.parameters():
+                p.copy_(torch.rand_like(p) * (0.9 if p.numel() == 1 else 1.0))
+            m.hidden.weight.mul_(3)
+    elif hasattr(m, "w_in"):      # a random ALIF net: inputs strong enough to spike
+        with torch.no_grad():
+            m.w_in[0].mul_(3)
     m.clamp_parameters()
-    save_checkpoint(directory, m, {"classes": list(classes), "preset": "improved", "name": f"random-{seed}"})
+    save_checkpoint(directory, m, {"classes": list(classes), "preset": preset, "name": f"random-{seed}"})
     return Path(directory)
 
 

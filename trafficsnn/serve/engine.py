@@ -1,14 +1,18 @@
 """Stateful streaming inference: flow updates in, per-flow SNN state advanced, verdicts out.
 
-Each flow owns a row ("slot") of a state slab (the model's ``StreamState``
+Each flow owns a row ("slot") of a state slab (the model's stream-state
 tensors, grown on demand up to ``max_flows`` rows, least recently used rows
-evicted beyond that and counted). An update only advances its flow through
-the time steps it *completes*: the packets of the newest, still-open step are
-held back as pending events until a later packet (or the flow's end) closes
-that step, so feeding a flow in pieces gives exactly the outputs of feeding it
-whole. A micro-batch is processed vectorised: one numpy pass builds every
-event, flows are grouped by how many steps they advance (``advance`` takes one
-step count per call), and one ``logits`` call scores every touched flow.
+evicted beyond that and counted). The engine only keeps state bookkeeping:
+turning packets into input steps is the model's encoder's ``stream`` method
+(the same one training uses), called once per micro-batch for every touched
+flow. An encoder may hold back the packets of a still-open step (the
+``improved`` encoder's 200 ms bins); the engine keeps them and passes them
+again with the flow's next packets, so feeding a flow in pieces gives exactly
+the outputs of feeding it whole. The packet-clocked encoder completes a step
+per packet, so a verdict exists after every packet. Flows are grouped by how
+many steps they advance (``advance`` takes one step count per call), and one
+``logits`` call scores every touched flow. Any registered architecture with
+``init_state``/``advance``/``logits`` and any streaming encoder is served.
 
 Verdict policy (``emit``): ``first`` = once, when confidence >= ``min_confidence``
 or at flow end, whichever comes first; ``update`` = after every update that
@@ -28,7 +32,8 @@ import torch
 
 from ..errors import ModelError
 from ..flows.records import FlowKey
-from ..snn.encoding import IMPROVED_BINS_PER_DIRECTION, SparseBatch, apply_value_transform, improved_size_bins
+from ..snn.encoding import SparseBatch
+from ..snn.streaming import StreamInput, is_ipv6
 from ..wire import REASONS, UPDATE_DTYPE, UpdateBatch, record_key
 from .sinks import Verdict
 
@@ -45,10 +50,7 @@ class ModelHandle:
     model_id: str
     sha256: str
     classes: list[str]
-    bin_s: float
-    n_steps: int
-    n_inputs: int
-    value: str
+    encoder: Any
     temperature: float
 
     @classmethod
@@ -58,22 +60,31 @@ class ModelHandle:
         p = Path(path) if path else default_model_path()
         lm = load_checkpoint(p, device=device)
         enc = lm.encoder
-        if getattr(enc, "kind", "") != "improved":
+        if not getattr(enc, "streaming", False) or not hasattr(lm.model, "advance"):
             raise ModelError(f"model {p}: its '{getattr(enc, 'kind', '?')}' input encoding cannot stream "
-                             "(the daemon needs a model trained with the 'improved' preset's encoding)")
+                             "(the daemon needs a streaming encoding, e.g. the 'packet' or 'improved' preset's)")
         lm.model.eval()
         spec = lm.spec
         model_id = str(spec.get("name") or spec.get("model_id") or Path(lm.path or p).name or "model")
-        return cls(lm, model_id, lm.sha256, list(lm.classes), float(enc.bin_s), int(enc.n_steps),
-                   int(enc.n_inputs), str(enc.value), float(getattr(lm, "temperature", 1.0) or 1.0))
+        return cls(lm, model_id, lm.sha256, list(lm.classes), enc, float(getattr(lm, "temperature", 1.0) or 1.0))
 
     @property
     def model(self) -> Any:
         return self.loaded.model
 
+    @property
+    def n_steps(self) -> int:
+        return int(self.encoder.n_steps)
+
+    @property
+    def n_inputs(self) -> int:
+        return int(self.encoder.n_inputs)
+
     def signature(self) -> tuple:
+        import json
         m = self.model
-        return (m.n_inputs, m.n_hidden, m.n_classes, self.bin_s, self.n_steps, self.value)
+        return (getattr(m, "architecture", "?"), json.dumps(m.config, sort_keys=True),
+                json.dumps(self.encoder.spec(), sort_keys=True, default=str))
 
 
 class StateStore:
@@ -137,7 +148,12 @@ class StateStore:
         return self.slab.element_size() * self.slab.nelement()
 
 
-_SLOT_COLS = (("start_ts", np.float64), ("steps_done", np.int64), ("packets", np.int64), ("emitted", bool),
+def _empty_pool() -> dict[str, np.ndarray]:
+    return {"slot": np.zeros(0, np.int64), "gen": np.zeros(0, np.int64), "ts": np.zeros(0, np.float64),
+            "size": np.zeros(0, np.uint32), "direction": np.zeros(0, np.uint8), "tcp_flags": np.zeros(0, np.uint8)}
+
+
+_SLOT_COLS = (("start_ts", np.float64), ("prev_ts", np.float64), ("steps_done", np.int64), ("packets", np.int64), ("emitted", bool),
               ("last_used", np.int64), ("live", bool), ("gen", np.int64), ("rec", UPDATE_DTYPE))
 
 
@@ -173,9 +189,8 @@ class StreamingClassifier:
             setattr(self, name, np.zeros(0, dt))
         self._tick = 0
         self._keys: dict[int, tuple[str, int]] = {}   # slot -> (sensor, flow id)
-        # events of each flow's still-open step: (slot, generation of the slot, step, neuron)
-        z = np.zeros(0, np.int64)
-        self._pool = (z, z, z, z)
+        # packets an encoder held back (a still-open step), per slot and slot generation
+        self._pool = _empty_pool()
 
     def swap_model(self, handle: ModelHandle) -> int:
         """Serve ``handle`` from now on; per-flow states made by the old weights are dropped. Returns flows reset."""
@@ -270,6 +285,7 @@ class StreamingClassifier:
             self._keys[s] = (sensor, fid)
             self.live[s] = True
             self.start_ts[s] = keys["start_ts"][i]
+            self.prev_ts[s] = np.nan
             self.steps_done[s] = 0
             self.packets[s] = q
             self.emitted[s] = False
@@ -305,6 +321,7 @@ class StreamingClassifier:
         ts = batches[0].ts if one else np.concatenate([b.ts for b in batches])
         size = batches[0].size if one else np.concatenate([b.size for b in batches])
         direction = batches[0].direction if one else np.concatenate([b.direction for b in batches])
+        flags = batches[0].tcp_flags if one else np.concatenate([b.tcp_flags for b in batches])
         nu = len(keys)
         self.counters["updates"] += nu
         self.counters["packets"] += int(lens.sum())
@@ -316,6 +333,8 @@ class StreamingClassifier:
         if skip.any():
             self.drops["final_without_state"] += int(skip.sum())
             kept = ~skip
+            pk = np.repeat(kept, lens)
+            ts, size, direction, flags = ts[pk], size[pk], direction[pk], flags[pk]
             keys, lens, seq, slots = keys[kept], lens[kept], seq[kept], slots[kept]
             sensors = [x for x, k in zip(sensors, kept.tolist()) if k]
             nu = len(keys)
@@ -334,46 +353,12 @@ class StreamingClassifier:
         final_slot = np.zeros(len(self.live), bool)
         final_slot[slots[keys["final"].astype(bool)]] = True
 
-        # ---- events of the new packets
-        pslot = np.repeat(slots, lens)
-        step = h.loaded.encoder.steps_of(ts, self.start_ts[pslot])  # the offline encoder's step rule
-        neuron = direction.astype(np.int64) * IMPROVED_BINS_PER_DIRECTION + improved_size_bins(size)
-        # pending events (open steps) of the touched flows come first: they are older
-        p_slot, p_gen, p_step, p_neu = self._pool
-        if len(p_slot):
-            valid = p_gen == self.gen[p_slot]
-            touched = np.zeros(len(self.live), bool)
-            touched[uslots] = True
-            use = valid & touched[p_slot]
-            stay = valid & ~use
-            if use.any():
-                pslot = np.concatenate([p_slot[use], pslot])
-                step = np.concatenate([p_step[use], step])
-                neuron = np.concatenate([p_neu[use], neuron])
-            self._pool = (p_slot[stay], p_gen[stay], p_step[stay], p_neu[stay])
-        # the step each flow may advance to: every step before its newest packet's; at its end the
-        # whole window (nothing more will come: the verdict is the model's output on the whole window)
-        n_steps = h.n_steps
+        # ---- the encoder turns the new packets (after any it held back) into input steps
+        ev = self._encode(uslots, slots, lens, ts, size, direction, flags, final_slot)
         done = self.steps_done
         target = done.copy()
-        if len(step):
-            last_step = np.full(len(self.live), -1, np.int64)
-            np.maximum.at(last_step, pslot, step)
-            np.maximum(target, np.minimum(last_step, n_steps), out=target)
-        target[final_slot] = n_steps
-        d_ev = done[pslot]
-        in_window = (step >= d_ev) & (step < n_steps)
-        self.counters["packets_after_window"] += int((step >= n_steps).sum())
-        late = int((step < d_ev).sum())
-        if late:
-            self.counters["packets_late"] += late  # out of order across a fed step: ignored
-        feed = in_window & (step < target[pslot])
-        keep = in_window & ~feed & ~final_slot[pslot]
-        if keep.any():
-            ks = pslot[keep]
-            old = self._pool
-            self._pool = (np.concatenate([old[0], ks]), np.concatenate([old[1], self.gen[ks]]),
-                          np.concatenate([old[2], step[keep]]), np.concatenate([old[3], neuron[keep]]))
+        target[uslots] = ev.target
+        fs, fst, fn, fv = uslots[ev.flow], ev.step, ev.neuron, ev.value
 
         # ---- advance. advance() takes one step count per call: split each flow's k steps into
         # binary digits (k = 2^a + 2^b + ...), so a batch needs at most log2(n_steps) + 1 calls
@@ -382,7 +367,6 @@ class StreamingClassifier:
         n_adv = len(adv)
         if n_adv:
             k_adv = k_of[k_of > 0]
-            fs, fst, fn = pslot[feed], step[feed], neuron[feed]
             loc = np.full(len(self.live), -1, np.int64)
             loc[adv] = np.arange(n_adv)
             f_loc = loc[fs]
@@ -400,7 +384,7 @@ class StreamingClassifier:
                 pos = np.full(n_adv, -1, np.int64)
                 pos[grp] = np.arange(len(grp))
                 el = f_loc[sel]
-                batch = self._sparse(pos[el], fst[sel] - cursor[el], fn[sel], len(grp), width)
+                batch = self._sparse(pos[el], fst[sel] - cursor[el], fn[sel], fv[sel], len(grp), width)
                 g_t = torch.as_tensor(grp, dtype=torch.long, device=self.device)
                 st = self.model.advance(self.store.unpack(local.index_select(0, g_t)), batch)
                 local.index_copy_(0, g_t, self.store.pack(st))
@@ -431,16 +415,56 @@ class StreamingClassifier:
         exp[order] = self.packets[ss] + excl
         return exp
 
-    def _sparse(self, sample: np.ndarray, step: np.ndarray, neuron: np.ndarray, n: int, k: int) -> SparseBatch:
+    def _encode(self, uslots, slots, lens, ts, size, direction, flags, final_slot):
+        """Call the encoder's ``stream`` on the touched flows' held-back and new packets."""
         h = self.handle
-        flat = (sample * k + step) * h.n_inputs + neuron
-        uniq, counts = np.unique(flat, return_counts=True)
-        values = apply_value_transform(counts.astype(np.float64), h.value).astype(np.float32)
-        neu = uniq % h.n_inputs
-        rest = uniq // h.n_inputs
+        pslot = np.repeat(slots, lens)
+        cols = {"ts": ts, "size": size, "direction": direction, "tcp_flags": flags}
+        pool = self._pool
+        if len(pool["slot"]):
+            valid = pool["gen"] == self.gen[pool["slot"]]
+            touched = np.zeros(len(self.live), bool)
+            touched[uslots] = True
+            use = valid & touched[pool["slot"]]
+            stay = valid & ~use
+            if use.any():   # held packets are older: they go first
+                pslot = np.concatenate([pool["slot"][use], pslot])
+                cols = {k: np.concatenate([pool[k][use], v]) for k, v in cols.items()}
+            self._pool = {k: v[stay] for k, v in pool.items()}
+        loc = np.full(len(self.live), -1, np.int64)
+        loc[uslots] = np.arange(len(uslots))
+        f = loc[pslot]
+        order = np.argsort(f, kind="stable")      # grouped by flow, arrival order kept
+        f = f[order]
+        cols = {k: np.asarray(v)[order] for k, v in cols.items()}
+        pslot = pslot[order]
+        rec = self.rec[uslots]
+        x = StreamInput(f, cols["ts"], cols["size"], cols["direction"], cols["tcp_flags"],
+                        self.start_ts[uslots], self.prev_ts[uslots], self.steps_done[uslots],
+                        rec["proto"], is_ipv6(rec["client_hi"], rec["client_lo"]), final_slot[uslots])
+        ev = h.encoder.stream(x)
+        if ev.late:
+            self.counters["packets_late"] += ev.late
+        if ev.after_window:
+            self.counters["packets_after_window"] += ev.after_window
+        fed = ~ev.hold
+        if fed.any():
+            last = np.full(len(uslots), -1, np.int64)
+            np.maximum.at(last, f[fed], np.flatnonzero(fed))
+            has = last >= 0
+            self.prev_ts[uslots[has]] = cols["ts"][last[has]]
+        if ev.hold.any():
+            hs = pslot[ev.hold]
+            held = {"slot": hs, "gen": self.gen[hs], **{k: v[ev.hold] for k, v in cols.items()}}
+            self._pool = {k: np.concatenate([self._pool[k], held[k]]) for k in self._pool}
+        return ev
+
+    def _sparse(self, sample: np.ndarray, step: np.ndarray, neuron: np.ndarray, value: np.ndarray, n: int,
+                k: int) -> SparseBatch:
         t = torch.as_tensor
-        return SparseBatch(t(rest // k, device=self.device), t(rest % k, device=self.device),
-                           t(neu, device=self.device), t(values, device=self.device), n, k, h.n_inputs)
+        return SparseBatch(t(sample, device=self.device), t(step, device=self.device),
+                           t(neuron, device=self.device), t(np.asarray(value, np.float32), device=self.device),
+                           n, k, self.handle.n_inputs)
 
     def _probs(self, slots: np.ndarray) -> np.ndarray:
         """Class probabilities (softmax of the logits over the temperature) of these flows' states."""

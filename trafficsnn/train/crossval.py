@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("data")
     ap.add_argument("--labels")
-    ap.add_argument("--preset", default="improved")
+    ap.add_argument("--preset", default="packet")
     ap.add_argument("--models", default="snn,mlp,gbt")
     ap.add_argument("--k", type=int, default=5)
     ap.add_argument("--seeds", default="0,1,2")

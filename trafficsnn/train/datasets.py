@@ -39,7 +39,7 @@ from .features import N_FEATURES, flow_stats, packet_stats
 log = logging.getLogger(__name__)
 
 CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap", ".dmp")
-CACHE_VERSION = 1
+CACHE_VERSION = 2   # 2: packet-clocked encoder, monotonic flow timestamps
 L4_NUMBERS = {"TCP": 6, "UDP": 17, "ICMP": 1, "ICMPV6": 58, "SCTP": 132, "GRE": 47, "ESP": 50}
 
 
@@ -200,8 +200,8 @@ def extract_capture(path: Path, encoder, max_packets: int | None = None,
                 s_win.append(int(w.t_index))
         else:
             rel = np.asarray(fl.ts, np.float64) - float(fl.ts[0])
-            evs.append(encoder.sample(rel, fl.size, fl.direction))
-            keep = rel < encoder.duration_s
+            evs.append(encoder.flow(fl))      # the encoder's own stream() on the whole flow
+            keep = encoder.window_mask(rel)
             feats.append(packet_stats(rel[keep], np.asarray(fl.size)[keep], np.asarray(fl.direction)[keep]))
             s_flow.append(fi)
             s_win.append(0)

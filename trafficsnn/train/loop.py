@@ -45,7 +45,7 @@ def recipe_from_preset(training: dict[str, Any]) -> dict[str, Any]:
     """Translate snn.presets' ``training`` block into the loop's recipe keys."""
     r: dict[str, Any] = {}
     for k in ("epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "augment", "min_batches", "sampler",
-              "class_weight"):
+              "class_weight", "anytime_loss"):
         if k in training:
             r[k] = training[k]
     if "grad_clip_value" in training:
@@ -94,7 +94,7 @@ def recipe_overrides(augment=None, weight_decay=None, label_smoothing=None, min_
 
 @dataclass
 class TrainConfig:
-    preset: str = "improved"
+    preset: str = "packet"
     model: str = "snn"               # snn | mlp | gbt
     epochs: int | None = None
     batch_size: int | None = None
@@ -328,8 +328,19 @@ def fit_torch(
                 x = make_input(augment(train_set, idx, aug_rng, **r["augment"]), np.arange(len(idx)), device)
             else:
                 x = make_input(train_set, idx, device)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y, weight=cls_w, label_smoothing=float(r.get("label_smoothing", 0.0)))
+            ls = float(r.get("label_smoothing", 0.0))
+            w_any = float(r.get("anytime_loss") or 0.0)
+            if w_any > 0 and hasattr(model, "train_logits"):
+                # anytime loss: also ask for the right class after the first 1, 2, 3, 5, ... packets
+                logits, early, mask = model.train_logits(x)
+                loss = F.cross_entropy(logits, y, weight=cls_w, label_smoothing=ls)
+                if bool(mask.any()):
+                    ye = y.unsqueeze(1).expand_as(mask)[mask]
+                    loss = (1 - w_any) * loss + w_any * F.cross_entropy(early[mask], ye, weight=cls_w,
+                                                                        label_smoothing=ls)
+            else:
+                logits = model(x)
+                loss = F.cross_entropy(logits, y, weight=cls_w, label_smoothing=ls)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if r.get("clip"):

@@ -208,7 +208,7 @@ def write_report(rep: dict, out: Path, meta: dict) -> None:
 # ---------------------------------------------------------------- train
 @dataclass
 class TrainOptions:
-    preset: str = "improved"
+    preset: str = "packet"
     model: str = "snn"
     labels_csv: str | None = None
     rules: str | None = None
@@ -248,7 +248,7 @@ def load_samples(data, opts: TrainOptions, encoding=None, classes=None) -> Sampl
         encoding = preset(opts.preset)["encoding"]
         for key, v in (("bin_s", opts.bin_s), ("n_steps", opts.n_steps), ("value", opts.input_value)):
             if v is not None:
-                if encoding["kind"] != "improved":
+                if encoding["kind"] != "improved" and not (key == "n_steps" and encoding["kind"] != "paper"):
                     raise ConfigError(f"--{key.replace('_', '-')} applies to the improved preset only")
                 encoding[key] = v
     enc = encoder_for(encoding)
@@ -312,7 +312,7 @@ def fit_predictor(train: SampleSet, val: SampleSet, opts: TrainOptions, out: Pat
         over = dict(opts.model_overrides)
         if opts.n_hidden:
             over["n_hidden"] = opts.n_hidden
-        if train.n_steps != 300 and opts.preset == "improved":
+        if opts.preset != "paper":
             over["n_steps"] = train.n_steps
         model = build_model(opts.preset, n_cls, **over)
 
@@ -359,8 +359,10 @@ def train_run(data: str | Path, out: str | Path, opts: TrainOptions) -> dict:
     """Build samples, split, fit, save the model and a test report; returns a summary dict."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if opts.preset not in ("paper", "improved"):
-        raise ConfigError(f"unknown preset {opts.preset!r} (use paper or improved)")
+    from ..snn.presets import PRESETS
+
+    if opts.preset not in PRESETS:
+        raise ConfigError(f"unknown preset {opts.preset!r} (use one of {', '.join(PRESETS)})")
     ds = load_samples(data, opts)
     if len(ds.classes) < 2:
         raise ConfigError(f"need at least two classes to train, found {ds.classes}")
