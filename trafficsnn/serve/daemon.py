@@ -21,7 +21,7 @@ from typing import Any
 import zmq
 
 from .. import wire
-from ..errors import ConfigError, TrafficSNNError
+from ..errors import ConfigError, ModelError, TrafficSNNError
 from .batcher import Batcher
 from .engine import ModelHandle, StreamingClassifier
 from .sdnotify import Notifier
@@ -61,6 +61,21 @@ class ClassifyConfig:
             raise ConfigError("CURVE needs both --curve-secret (server .key_secret) and --curve-clients DIR")
 
 
+def load_model(path: str | None, device: Any) -> ModelHandle:
+    """``ModelHandle.load`` where every failure is one ``ModelError`` naming the model (never a traceback)."""
+    try:
+        return ModelHandle.load(path, device)
+    except ModelError:
+        raise
+    except TrafficSNNError as err:
+        raise ModelError(f"model {path or 'default'}: {err}") from None
+    except RecursionError:
+        raise ModelError(f"model {path or 'default'}: model.json is nested too deeply") from None
+    except Exception as err:  # noqa: BLE001 - the reload boundary: anything else is a bad file too
+        raise ModelError(f"model {path or 'default'}: cannot load it ({type(err).__name__}: {err}); "
+                         "fix or replace the model directory") from None
+
+
 class ClassifierDaemon:
     def __init__(self, cfg: ClassifyConfig, ctx: zmq.Context | None = None, sinks: list[Sink] | None = None):
         cfg.validate()
@@ -72,7 +87,7 @@ class ClassifierDaemon:
         from ..snn.device import resolve_device
 
         self.device = resolve_device(cfg.device)
-        self.engine = StreamingClassifier(ModelHandle.load(cfg.model, self.device), max_flows=cfg.max_flows, emit=cfg.emit,
+        self.engine = StreamingClassifier(load_model(cfg.model, self.device), max_flows=cfg.max_flows, emit=cfg.emit,
                                           min_confidence=cfg.min_confidence, device=self.device)
         self.ctx = ctx or zmq.Context.instance()
         self.wire_stats = wire.WireStats()
@@ -144,19 +159,26 @@ class ClassifierDaemon:
         self._reload.set()
 
     def reload(self) -> bool:
-        """Load the model file again; on any error keep serving the old one."""
+        """Load the model file again; on any error keep serving the old one (counted, one log line)."""
         try:
-            new = ModelHandle.load(self.cfg.model, self.device)
-        except (TrafficSNNError, OSError, ValueError) as err:
+            new = load_model(self.cfg.model, self.device)
+        except ModelError as err:
             self.counters["reload_failed"] += 1
             log.error("model reload refused, still serving %s (%s): %s", self.handle.model_id,
                       self.handle.sha256[:12], err)
             self.notifier.status(f"reload refused: {err}")
             return False
         self.counters["reloads"] += 1
-        if new.sha256 != self.handle.sha256 or new.signature() != self.handle.signature():
+        old = self.handle
+        if new.sha256 != old.sha256 or new.signature() != old.signature():
             reset = self.engine.swap_model(new)
             log.warning("model reloaded: %s (%s), %d flow states reset", new.model_id, new.sha256[:12], reset)
+        elif new.loaded.spec != old.loaded.spec:
+            # same weights and shapes, new model.json (temperature, class names, name): the flow
+            # states stay valid, the new settings apply from the next verdict on
+            self.engine.adopt(new)
+            log.warning("model settings reloaded: %s (%s), temperature %g, flow states kept", new.model_id,
+                        new.sha256[:12], new.temperature)
         self.notifier.status(f"serving {self.handle.model_id}")
         return True
 
@@ -183,7 +205,12 @@ class ClassifierDaemon:
                     self._reload.clear()
                     if self.batcher.items:
                         self._process()
-                    self.reload()
+                    try:
+                        self.reload()
+                    except Exception as err:  # noqa: BLE001 - a reload never ends the daemon
+                        self.counters["reload_failed"] += 1
+                        log.error("model reload failed, still serving %s: %s: %s", self.handle.model_id,
+                                  type(err).__name__, err)
                 if self.cfg.exit_after_eos and len(self.eos) >= self.cfg.exit_after_eos:
                     self._drain()
                     break

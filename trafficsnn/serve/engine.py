@@ -185,6 +185,13 @@ class StreamingClassifier:
         self._set_model(handle)
         return n
 
+    def adopt(self, handle: ModelHandle) -> None:
+        """Serve ``handle`` (same weights and shapes, other model.json settings) keeping every flow's state."""
+        if handle.signature() != self.handle.signature():
+            raise ValueError("adopt() needs a model of the same shape; use swap_model()")
+        self.handle, self.model = handle, handle.model
+        self.store.model = handle.model
+
     def _grow_slots(self, n: int) -> None:
         old = len(self.live)
         if n <= old:

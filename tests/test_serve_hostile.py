@@ -1,0 +1,142 @@
+"""The daemon under hostile or broken input: bad model files, huge messages, STATS abuse, shutdown under load."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from trafficsnn import wire
+from trafficsnn.errors import ModelError
+from trafficsnn.flows.records import FlowKey, FlowUpdate
+from trafficsnn.serve.daemon import ClassifierDaemon, ClassifyConfig
+from trafficsnn.serve.demo import make_random_model
+from trafficsnn.serve.sinks import ListSink
+from trafficsnn.snn.checkpoint import load_checkpoint
+from trafficsnn.snn.spec_check import validate_spec
+
+
+@pytest.fixture(scope="module")
+def model_src(tmp_path_factory) -> Path:
+    return make_random_model(tmp_path_factory.mktemp("m") / "model", seed=4)
+
+
+@pytest.fixture
+def model(tmp_path, model_src) -> Path:
+    d = tmp_path / "model"
+    shutil.copytree(model_src, d)
+    return d
+
+
+def _spec(d: Path) -> dict:
+    return json.loads((d / "model.json").read_text())
+
+
+def _write(d: Path, spec: dict | str) -> None:
+    (d / "model.json").write_text(spec if isinstance(spec, str) else json.dumps(spec))
+
+
+def _daemon(tmp_path, model: Path, **kw) -> tuple[ClassifierDaemon, ListSink]:
+    sink = ListSink()
+    cfg = ClassifyConfig(bind=(f"ipc://{tmp_path}/u",), model=str(model), device="cpu", **kw)
+    return ClassifierDaemon(cfg, ctx=zmq.Context(), sinks=[sink]), sink
+
+
+def _flow(fid: int, n: int = 40, seq: int = 0, final: bool = True, span: float = 4.0, t0: float = 1000.0,
+          sensor_ts0: float | None = None) -> FlowUpdate:
+    ts = t0 + np.linspace(0, span, n)
+    key = FlowKey(0, 6, 0, 100 + fid, 1000 + fid, 0, 7, 443)
+    return FlowUpdate(flow_id=fid, key=key, start_ts=t0 if sensor_ts0 is None else sensor_ts0, seq=seq, ts=ts,
+                      size=np.full(n, 100 + fid % 1000, np.uint32), direction=(np.arange(n) % 2).astype(np.uint8),
+                      final=final, reason="fin" if final else "")
+
+
+# ------------------------------------------------------------------ 1. model.json validation, reload
+
+BAD_SPECS = {
+    "temperature a list": lambda s: s.update(temperature=[1, 2]),
+    "temperature NaN": lambda s: s.update(temperature=float("nan")),
+    "temperature 0": lambda s: s.update(temperature=0),
+    "temperature inf": lambda s: s.update(temperature=float("inf")),
+    "tensor info not a dict": lambda s: s["weights"]["tensors"].update({next(iter(s["weights"]["tensors"])): 3}),
+    "shape not ints": lambda s: next(iter(s["weights"]["tensors"].values())).update(shape=["a"]),
+    "classes not strings": lambda s: s.update(classes=[1, 2, 3, 4, 5, 6]),
+    "duplicate classes": lambda s: s.update(classes=["a"] * 6),
+    "model not a dict": lambda s: s.update(model=[1]),
+    "n_hidden huge": lambda s: s["model"].update(n_hidden=10 ** 12),
+    "bin_s negative": lambda s: s["encoding"].update(bin_s=-1.0),
+    "weights outside": lambda s: s["weights"].update(file="../elsewhere/model.safetensors"),
+    "weights absolute": lambda s: s["weights"].update(file="/etc/passwd"),
+    "sha not hex": lambda s: s["weights"].update(sha256={"x": 1}),
+    "name a dict": lambda s: s.update(name={"a": 1}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SPECS))
+def test_bad_model_json_is_one_model_error(model, case):
+    spec = _spec(model)
+    BAD_SPECS[case](spec)
+    _write(model, json.dumps(spec, allow_nan=True))
+    with pytest.raises(ModelError) as ei:
+        load_checkpoint(model)
+    assert str(model) in str(ei.value)
+
+
+def test_deeply_nested_model_json_is_refused(model):
+    _write(model, "[" * 200_000 + "]" * 200_000)
+    with pytest.raises(ModelError):
+        load_checkpoint(model)
+    nested: object = 1
+    for _ in range(100):
+        nested = {"x": nested}
+    with pytest.raises(ModelError, match="nested deeper"):
+        validate_spec({"training_data": nested}, model / "model.json")
+
+
+def test_sighup_with_malformed_model_json_keeps_serving_and_counts(tmp_path, model):
+    d, sink = _daemon(tmp_path, model, emit="final")
+    try:
+        good = _spec(model)
+        old_sha = d.handle.sha256
+        for bad in ('{"format": "trafficsnn-snn", "version": 1, "temperature": [1]}',
+                    json.dumps(dict(good, temperature=[1, 2])),
+                    "[" * 100_000,
+                    json.dumps({**good, "weights": {**good["weights"], "tensors": {"hidden.weight": 7}}})):
+            _write(model, bad)
+            assert d.reload() is False
+        assert d.counters["reload_failed"] == 4 and d.handle.sha256 == old_sha
+        # the old model still classifies
+        assert d.engine.process([wire.decode(wire.encode_updates([_flow(1)]))])
+    finally:
+        d._close()
+
+
+def test_reload_that_changes_only_model_json_is_applied(tmp_path, model):
+    d, sink = _daemon(tmp_path, model, emit="update")
+    try:
+        d.engine.process([wire.decode(wire.encode_updates([_flow(1, final=False)]))])
+        assert d.engine.active_flows == 1
+        spec = _spec(model)
+        _write(model, dict(spec, temperature=7.5, name="renamed", classes=[c + "-x" for c in spec["classes"]]))
+        assert d.reload() is True
+        assert d.handle.temperature == 7.5 and d.handle.model_id == "renamed"
+        assert d.engine.active_flows == 1  # same weights: the flow's state is kept
+        vs = d.engine.process([wire.decode(wire.encode_updates([_flow(1, n=10, seq=40, t0=1004.5,
+                                                                       sensor_ts0=1000.0)]))])
+        assert vs and vs[0].label.endswith("-x") and vs[0].model_id == "renamed"
+    finally:
+        d._close()
+
+
+def test_bad_model_at_startup_exits_2_with_one_line(tmp_path, model, capsys):
+    from trafficsnn.cli import main
+
+    _write(model, json.dumps(dict(_spec(model), temperature="hot")))
+    with pytest.raises(SystemExit) as ei:
+        main(["classify", "--bind", f"ipc://{tmp_path}/s", "--model", str(model), "--device", "cpu", "-q"])
+    assert ei.value.code == 2
+    err = capsys.readouterr().err
+    assert "temperature" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
