@@ -140,3 +140,34 @@ def test_bad_model_at_startup_exits_2_with_one_line(tmp_path, model, capsys):
     assert ei.value.code == 2
     err = capsys.readouterr().err
     assert "temperature" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------ 2. verdict JSON is always JSON
+
+def _strict_json(text: str):
+    def no(c):
+        raise ValueError(f"{c} in verdict JSON")
+    return json.loads(text, parse_constant=no)
+
+
+def test_nan_model_output_gives_no_nan_verdict(model):
+    import dataclasses
+
+    from trafficsnn.serve.engine import ModelHandle, StreamingClassifier
+
+    h = dataclasses.replace(ModelHandle.load(model, "cpu"), temperature=float("nan"))
+    eng = StreamingClassifier(h, emit="update")
+    vs = eng.process([wire.decode(wire.encode_updates([_flow(1, final=False), _flow(2)]))])
+    vs += eng.flush_open()
+    assert vs == [] and eng.drops["verdict_not_finite"] >= 2
+
+
+def test_verdict_json_has_no_nan_or_infinity():
+    from trafficsnn.serve.sinks import Verdict
+
+    v = Verdict(key=FlowKey(0, 6, 0, 1, 2, 0, 3, 4), flow_id=1, sensor="s", label="a", confidence=float("nan"),
+                probabilities={"a": float("nan"), "b": float("inf")}, packets=3, first_ts=float("inf"),
+                verdict_ts=1.0, model_id="m", model_sha256="0" * 64, latency_s=float("-inf"))
+    fast = _strict_json(v.to_json())
+    assert fast == v.to_dict() and fast["confidence"] is None and fast["probabilities"]["b"] is None
+    json.dumps(v.to_dict(), allow_nan=False)

@@ -478,6 +478,12 @@ class StreamingClassifier:
             return []
         cand, li, is_final = cand[want], ulast[scored][want], is_final[want]
         probs = self._probs(cand)
+        finite = np.isfinite(probs).all(1)
+        if not finite.all():  # a verdict is never NaN or infinite: count and withhold it
+            self.drops["verdict_not_finite"] += int((~finite).sum())
+            cand, li, is_final, probs = cand[finite], li[finite], is_final[finite], probs[finite]
+            if not len(cand):
+                return []
         conf = probs.max(1)
         label = probs.argmax(1)
         if self.emit == "first":
@@ -525,6 +531,10 @@ class StreamingClassifier:
             return []
         h = self.handle
         probs = self._probs(live)
+        finite = np.isfinite(probs).all(1)
+        if not finite.all():
+            self.drops["verdict_not_finite"] += int((~finite).sum())
+            live, probs = live[finite], probs[finite]
         now = time.time()
         out = []
         for j, s in enumerate(live.tolist()):
