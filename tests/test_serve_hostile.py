@@ -171,3 +171,81 @@ def test_verdict_json_has_no_nan_or_infinity():
     fast = _strict_json(v.to_json())
     assert fast == v.to_dict() and fast["confidence"] is None and fast["probabilities"]["b"] is None
     json.dumps(v.to_dict(), allow_nan=False)
+
+
+# ------------------------------------------------------------------ 3. memory: what one peer can cost
+
+def _push(tmp_path, ctx):
+    s = ctx.socket(zmq.PUSH)
+    s.linger = 2000
+    s.connect(f"ipc://{tmp_path}/u")
+    return s
+
+
+def _pump(d: ClassifierDaemon, want: int, timeout: float = 5.0) -> int:
+    """Receive until ``want`` messages have been read off the socket."""
+    import time
+
+    got, deadline = 0, time.monotonic() + timeout
+    while got < want and time.monotonic() < deadline:
+        if d.sock.poll(50):
+            got += d._receive()
+    return got
+
+
+def test_oversize_messages_and_updates_are_dropped_and_counted(tmp_path, model):
+    d, sink = _daemon(tmp_path, model, max_update_packets=100, batch_packets=1000, emit="final")
+    push = _push(tmp_path, d.ctx)
+    try:
+        push.send_multipart(wire.encode_updates([_flow(1, n=101)]))                  # one update too long
+        push.send_multipart(wire.encode_updates([_flow(i, n=90) for i in range(12)]))  # 1080 packets > 1000
+        push.send_multipart(wire.encode_updates([_flow(2, n=50)]))                   # fine
+        assert _pump(d, 3) == 3
+        assert d.drops["oversize_update"] == 1 and d.drops["oversize_message"] == 1
+        assert d.counters["oversize_packets_dropped"] == 101 + 1080
+        assert d.batcher.packets == 50
+        snap = d.prometheus_snapshot()["counters"]["drops_total"]
+        assert snap["oversize_update"] == 1 and snap["oversize_message"] == 1
+    finally:
+        push.close(0)
+        d._close()
+
+
+def test_micro_batch_never_exceeds_batch_packets(tmp_path, model):
+    d, sink = _daemon(tmp_path, model, batch_packets=100, emit="final")
+    push = _push(tmp_path, d.ctx)
+    seen: list[int] = []
+    orig = d.engine.process
+    d.engine.process = lambda items, *a, **k: (seen.append(sum(b.n_packets for b in items)), orig(items, *a, **k))[1]
+    try:
+        for i in range(5):
+            push.send_multipart(wire.encode_updates([_flow(i, n=60)]))
+        assert _pump(d, 5) == 5
+        d._process()
+        assert seen and max(seen) <= 100 and sum(seen) == 300
+    finally:
+        push.close(0)
+        d._close()
+
+
+def test_pull_socket_refuses_frames_above_max_message_size(tmp_path, model):
+    d, sink = _daemon(tmp_path, model, max_message_mb=0.01)
+    try:
+        assert d.sock.getsockopt(zmq.MAXMSGSIZE) == int(0.01 * (1 << 20))
+        big = _push(tmp_path, d.ctx)
+        big.send_multipart(wire.encode_updates([_flow(1, n=2000)]))  # a 16 kB ts frame: peer disconnected
+        small = _push(tmp_path, d.ctx)
+        small.send_multipart(wire.encode_updates([_flow(2, n=20)]))
+        assert _pump(d, 1) == 1 and d.batcher.packets == 20
+        assert _pump(d, 1, timeout=0.5) == 0
+        big.close(0)
+        small.close(0)
+    finally:
+        d._close()
+
+
+def test_receive_queue_must_be_bounded():
+    from trafficsnn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="rcvhwm"):
+        ClassifyConfig(bind=("ipc:///x",), rcvhwm=0).validate()

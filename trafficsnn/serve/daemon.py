@@ -18,6 +18,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import zmq
 
 from .. import wire
@@ -43,7 +44,10 @@ class ClassifyConfig:
     batch: int = 4096
     batch_ms: float = 5.0
     max_flows: int = 250_000
-    rcvhwm: int = 1000
+    rcvhwm: int = 100                   # messages queued per connected sensor (ZMQ_RCVHWM)
+    max_message_mb: float = 2.0         # ZMQ_MAXMSGSIZE per frame; a whole message above it is dropped too
+    max_update_packets: int = 65_536    # packets in one flow update; a message holding a larger one is dropped
+    batch_packets: int = 262_144        # packets per micro-batch; a message above it is dropped
     metrics_port: int | None = None
     metrics_addr: str = "127.0.0.1"
     curve_secret: str | None = None
@@ -57,8 +61,19 @@ class ClassifyConfig:
             raise ConfigError("give where updates arrive: --bind ENDPOINT (usual) or --connect ENDPOINT")
         if self.batch < 1 or self.batch_ms < 0:
             raise ConfigError("--batch must be >= 1 update and --batch-ms >= 0")
+        if self.rcvhwm < 1:
+            raise ConfigError("--rcvhwm must be >= 1 message (0 would queue without bound)")
+        if not 0 < self.max_message_mb <= 4096:
+            raise ConfigError(f"--max-message-mb must be within (0, 4096], got {self.max_message_mb}")
+        if self.max_update_packets < 1 or self.batch_packets < 1:
+            raise ConfigError("--max-update-packets and --batch-packets must be >= 1")
         if bool(self.curve_secret) != bool(self.curve_clients):
             raise ConfigError("CURVE needs both --curve-secret (server .key_secret) and --curve-clients DIR")
+
+
+def _frame_bytes(frame: Any) -> memoryview | bytes:
+    b = getattr(frame, "buffer", frame)
+    return b if isinstance(b, (bytes, memoryview)) else memoryview(b)
 
 
 def load_model(path: str | None, device: Any) -> ModelHandle:
@@ -91,11 +106,13 @@ class ClassifierDaemon:
                                           min_confidence=cfg.min_confidence, device=self.device)
         self.ctx = ctx or zmq.Context.instance()
         self.wire_stats = wire.WireStats()
-        self.batcher = Batcher(cfg.batch, cfg.batch_ms)
+        self.batcher = Batcher(cfg.batch, cfg.batch_ms, max_packets=cfg.batch_packets)
+        self.max_message_bytes = int(cfg.max_message_mb * (1 << 20))
         self.notifier = Notifier()
         self.sensors: dict[str, dict[str, Any]] = {}
         self.eos: set[str] = set()
         self.counters: Counter[str] = Counter()
+        self.drops: Counter[str] = Counter()     # refused by the daemon's own caps (by cause)
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._dump = threading.Event()
@@ -131,6 +148,8 @@ class ClassifierDaemon:
         s = self.ctx.socket(zmq.PULL)
         s.rcvhwm = cfg.rcvhwm
         s.linger = 0
+        # a peer sending a larger frame is disconnected by ZeroMQ before the frame is buffered
+        s.setsockopt(zmq.MAXMSGSIZE, int(cfg.max_message_mb * (1 << 20)))
         if cfg.curve_secret:
             from .security import secure_server
 
@@ -230,23 +249,41 @@ class ClassifierDaemon:
         """Read what is queued (up to a full batch); returns messages read."""
         n = 0
         limit = limit or self.cfg.batch
-        while self.batcher.updates < limit:
+        while self.batcher.updates < limit and self.batcher.packets < self.cfg.batch_packets:
             try:
                 frames = self.sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
             n += 1
+            if sum(len(_frame_bytes(f)) for f in frames) > self.max_message_bytes:
+                self.drops["oversize_message"] += 1
+                continue
             msg = self.wire_stats.decode(frames)
             if msg is None:
                 continue
             if isinstance(msg, wire.UpdateBatch):
-                if len(msg):
+                if len(msg) and self._admit(msg):
+                    if self.batcher.items and self.batcher.packets + msg.n_packets > self.cfg.batch_packets:
+                        self._process()  # a micro-batch never exceeds --batch-packets
                     self.batcher.add(msg)
             else:
                 self.sensors[msg.sensor] = msg.stats
                 if msg.eos:
                     self.eos.add(msg.sensor)
         return n
+
+    def _admit(self, msg: wire.UpdateBatch) -> bool:
+        """Size caps of one valid UPDATES message (what one peer can make the classifier hold); drops counted."""
+        cfg = self.cfg
+        if msg.n_packets > cfg.batch_packets:
+            self.drops["oversize_message"] += 1
+            self.counters["oversize_packets_dropped"] += msg.n_packets
+            return False
+        if msg.n_packets and int(np.diff(msg.offsets).max()) > cfg.max_update_packets:
+            self.drops["oversize_update"] += 1
+            self.counters["oversize_packets_dropped"] += msg.n_packets
+            return False
+        return True
 
     def _process(self) -> None:
         items = self.batcher.take()
@@ -303,6 +340,7 @@ class ClassifierDaemon:
     def snapshot(self) -> dict[str, Any]:
         e = self.engine.snapshot()
         drops = dict(e["drops"])
+        drops.update(self.drops)
         for k, v in self.wire_stats.errors.items():
             drops[f"malformed_{k}"] = v
         return {
