@@ -249,3 +249,63 @@ def test_receive_queue_must_be_bounded():
 
     with pytest.raises(ConfigError, match="rcvhwm"):
         ClassifyConfig(bind=("ipc:///x",), rcvhwm=0).validate()
+
+
+# ------------------------------------------------------------------ 4. STATS abuse
+
+@pytest.mark.parametrize("body", [{"updates_dropped": "lots"}, {"x": [1, 2]}, {"x": None}, {"x": True},
+                                  {"x": -1}, {"x": {"y": "z"}}, {"x": {"y": {"z": 1}}}, {"k" * 65: 1},
+                                  {f"c{i}": i for i in range(257)}, [1, 2]])
+def test_stats_bodies_that_are_not_counters_are_malformed(body):
+    frames = wire.encode_stats({}, sensor="s")
+    frames[1] = json.dumps(body).encode()
+    with pytest.raises(wire.WireError) as ei:
+        wire.decode(frames)
+    assert ei.value.kind == "bad_stats"
+
+
+def test_real_agent_counters_are_valid_stats():
+    body = {"packets": 3, "updates_dropped": 0, "decode": {"ok": 5, "truncated": 1}, "kernel_drops": 0.0}
+    assert wire.decode(wire.encode_stats(body, sensor="s")).stats == body
+    frames = wire.encode_stats({}, sensor="s")
+    frames[1] = b"{" + b'"a":1,' * 20_000 + b'"b":1}'  # 120 kB
+    with pytest.raises(wire.WireError, match="too_large"):
+        wire.decode(frames)
+
+
+def test_stats_abuse_never_breaks_metrics_and_the_sensor_table_is_bounded(tmp_path, model):
+    from prometheus_client import generate_latest
+
+    from trafficsnn.serve.metrics import Metrics
+
+    d, sink = _daemon(tmp_path, model, max_sensors=8)
+    d.metrics = Metrics(d.prometheus_snapshot)  # the registry the HTTP endpoint serves (no port needed)
+    push = _push(tmp_path, d.ctx)
+    try:
+        bad = wire.encode_stats({}, sensor="evil")
+        bad[1] = b'{"updates_dropped": "x"}'
+        push.send_multipart(bad)
+        for i in range(20):
+            push.send_multipart(wire.encode_stats({"updates_dropped": i}, sensor=f"s{i}", eos=i == 19))
+        assert _pump(d, 21) == 21
+        assert d.wire_stats.errors["bad_stats"] == 1
+        assert list(d.sensors) == [f"s{i}" for i in range(12, 20)] and d.counters["sensors_evicted"] == 12
+        assert d.eos == {"s19"}
+        text = generate_latest(d.metrics.registry).decode()
+        assert 'trafficsnn_sensor_updates_dropped_total{sensor="s19"} 19.0' in text
+        assert 'trafficsnn_drops_total{cause="malformed_bad_stats"} 1.0' in text
+    finally:
+        push.close(0)
+        d._close()
+
+
+def test_metrics_scrape_survives_a_non_numeric_value():
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from trafficsnn.serve.metrics import StatsCollector
+
+    reg = CollectorRegistry()
+    reg.register(StatsCollector(lambda: {"counters": {"a_total": "x", "b_total": {"s": "y", "t": 2, "_label": "k"}},
+                                          "gauges": {"g": None}}))
+    text = generate_latest(reg).decode()
+    assert 'trafficsnn_b_total{k="t"} 2.0' in text and "trafficsnn_a_total" not in text

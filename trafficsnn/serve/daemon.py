@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +48,7 @@ class ClassifyConfig:
     max_message_mb: float = 2.0         # ZMQ_MAXMSGSIZE per frame; a whole message above it is dropped too
     max_update_packets: int = 65_536    # packets in one flow update; a message holding a larger one is dropped
     batch_packets: int = 262_144        # packets per micro-batch; a message above it is dropped
+    max_sensors: int = 256              # sensors whose counters are kept (the longest silent evicted beyond)
     metrics_port: int | None = None
     metrics_addr: str = "127.0.0.1"
     curve_secret: str | None = None
@@ -65,6 +66,8 @@ class ClassifyConfig:
             raise ConfigError("--rcvhwm must be >= 1 message (0 would queue without bound)")
         if not 0 < self.max_message_mb <= 4096:
             raise ConfigError(f"--max-message-mb must be within (0, 4096], got {self.max_message_mb}")
+        if self.max_sensors < 1:
+            raise ConfigError(f"--max-sensors must be >= 1, got {self.max_sensors}")
         if self.max_update_packets < 1 or self.batch_packets < 1:
             raise ConfigError("--max-update-packets and --batch-packets must be >= 1")
         if bool(self.curve_secret) != bool(self.curve_clients):
@@ -109,7 +112,8 @@ class ClassifierDaemon:
         self.batcher = Batcher(cfg.batch, cfg.batch_ms, max_packets=cfg.batch_packets)
         self.max_message_bytes = int(cfg.max_message_mb * (1 << 20))
         self.notifier = Notifier()
-        self.sensors: dict[str, dict[str, Any]] = {}
+        # the latest counters of each sensor, oldest first: at most --max-sensors kept (evictions counted)
+        self.sensors: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.eos: set[str] = set()
         self.counters: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()     # refused by the daemon's own caps (by cause)
@@ -267,10 +271,19 @@ class ClassifierDaemon:
                         self._process()  # a micro-batch never exceeds --batch-packets
                     self.batcher.add(msg)
             else:
-                self.sensors[msg.sensor] = msg.stats
-                if msg.eos:
-                    self.eos.add(msg.sensor)
+                self._sensor_stats(msg)
         return n
+
+    def _sensor_stats(self, msg: wire.StatsMessage) -> None:
+        """Keep a sensor's latest (validated) counters; beyond --max-sensors the longest silent one goes."""
+        self.sensors[msg.sensor] = msg.stats
+        self.sensors.move_to_end(msg.sensor)
+        while len(self.sensors) > self.cfg.max_sensors:
+            gone, _ = self.sensors.popitem(last=False)
+            self.eos.discard(gone)
+            self.counters["sensors_evicted"] += 1
+        if msg.eos:
+            self.eos.add(msg.sensor)
 
     def _admit(self, msg: wire.UpdateBatch) -> bool:
         """Size caps of one valid UPDATES message (what one peer can make the classifier hold); drops counted."""
@@ -350,7 +363,7 @@ class ClassifierDaemon:
             "verdicts_by_class": e["verdicts_by_class"],
             "active_flows": e["active_flows"],
             "state_bytes": e["state_bytes"],
-            "sensors": self.sensors,
+            "sensors": dict(self.sensors),
         }
 
     def prometheus_snapshot(self) -> dict[str, Any]:
