@@ -309,3 +309,64 @@ def test_metrics_scrape_survives_a_non_numeric_value():
                                           "gauges": {"g": None}}))
     text = generate_latest(reg).decode()
     assert 'trafficsnn_b_total{k="t"} 2.0' in text and "trafficsnn_a_total" not in text
+
+
+# ------------------------------------------------------------------ 5. SIGTERM while a sensor keeps sending
+
+FLOOD = """
+import sys, time
+import numpy as np, zmq
+from trafficsnn import wire
+from trafficsnn.flows.records import FlowKey, FlowUpdate
+s = zmq.Context().socket(zmq.PUSH)
+s.connect(sys.argv[1])
+fid = 0
+while True:  # open flows that never end: only the shutdown flush gives them a verdict
+    fid += 1
+    ts = 1000.0 + np.linspace(0, 4.0, 30)
+    u = FlowUpdate(flow_id=fid, key=FlowKey(0, 6, 0, fid, 1000, 0, 7, 443), start_ts=1000.0, seq=0, ts=ts,
+                   size=np.full(30, 200, np.uint32), direction=(np.arange(30) % 2).astype(np.uint8), final=False)
+    try:
+        s.send_multipart(wire.encode_updates([u]), flags=zmq.NOBLOCK)
+    except zmq.Again:
+        pass
+    time.sleep(0.0005)
+"""
+
+
+def test_stop_under_load_drains_within_the_bound_and_flushes_open_flows(tmp_path, model):
+    import os
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    d, sink = _daemon(tmp_path, model, emit="final", drain_timeout=1.0)
+    pings: list[float] = []
+    d.notifier.watchdog = lambda now=None: pings.append(time.monotonic()) or True
+    out: dict = {}
+    runner = threading.Thread(target=lambda: out.update(d.run()), daemon=True)
+    runner.start()
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    sender = subprocess.Popen([sys.executable, "-c", FLOOD, f"ipc://{tmp_path}/u"], env=env)
+    try:
+        deadline = time.monotonic() + 20
+        while d.engine.counters["updates"] < 50 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert sender.poll() is None and d.engine.counters["updates"] >= 50
+        t0 = time.monotonic()
+        d.stop()
+        runner.join(timeout=8)
+        took = time.monotonic() - t0
+        assert not runner.is_alive(), "the daemon kept draining under load"
+        assert sender.poll() is None, "the sensor stopped sending: the drain was not under load"
+        assert took < 1.0 + 2.5
+        assert out["counters"]["drain_cut"] == 1
+        assert sink.verdicts and all(v.reason == "shutdown" for v in sink.verdicts)
+        assert len(sink.verdicts) == out["active_flows"]  # every open flow with a step got its verdict
+        assert [p for p in pings if p >= t0], "the watchdog was not fed while draining"
+    finally:
+        sender.kill()
+        sender.wait()
+        d.stop()
+        runner.join(timeout=5)

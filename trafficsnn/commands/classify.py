@@ -35,6 +35,9 @@ from ..serve.config import config_option
               help="Packets in one flow update; a message holding a larger update is dropped and counted.")
 @click.option("--batch-packets", type=click.IntRange(min=1), default=262_144, show_default=True,
               help="Packets per micro-batch (bounds inference memory); a larger message is dropped and counted.")
+@click.option("--drain-timeout", type=click.FloatRange(0, 3600), default=10.0, show_default=True,
+              help="On SIGTERM: seconds to keep classifying what is queued before the open flows' verdicts are "
+                   "flushed and the daemon exits 0 (keep it well below the unit's TimeoutStopSec).")
 @click.option("--max-sensors", type=click.IntRange(min=1), default=256, show_default=True,
               help="Sensors whose counters are kept and exported; beyond it the longest silent one is dropped (counted).")
 @click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port.")
@@ -48,7 +51,8 @@ from ..serve.config import config_option
 @click.option("-q", "--quiet", is_flag=True, help="Do not print the counters at exit.")
 @click.option("-v", "--verbose", is_flag=True, help="Log more.")
 def command(bind, connect, model, device, jsonl, pub, emit, min_confidence, batch, batch_ms, max_flows, rcvhwm,
-            max_message_mb, max_update_packets, batch_packets, max_sensors, metrics_port, metrics_addr, curve_secret, curve_clients, exit_after_eos, threads, quiet, verbose) -> None:
+            max_message_mb, max_update_packets, batch_packets, drain_timeout, max_sensors, metrics_port,
+            metrics_addr, curve_secret, curve_clients, exit_after_eos, threads, quiet, verbose) -> None:
     """Classify flow updates arriving over ZeroMQ with a stateful spiking neural network.
 
     \b
@@ -66,7 +70,9 @@ def command(bind, connect, model, device, jsonl, pub, emit, min_confidence, batc
     cfg = ClassifyConfig(bind=tuple(bind), connect=tuple(connect), model=model, device=device, jsonl=jsonl,
                          pub=tuple(pub), emit=emit, min_confidence=min_confidence, batch=batch, batch_ms=batch_ms,
                          max_flows=max_flows, rcvhwm=rcvhwm, max_message_mb=max_message_mb,
-                         max_update_packets=max_update_packets, batch_packets=batch_packets, max_sensors=max_sensors, metrics_port=metrics_port, metrics_addr=metrics_addr,
+                         max_update_packets=max_update_packets, batch_packets=batch_packets,
+                         drain_timeout=drain_timeout, max_sensors=max_sensors, metrics_port=metrics_port,
+                         metrics_addr=metrics_addr,
                          curve_secret=curve_secret, curve_clients=curve_clients, exit_after_eos=exit_after_eos,
                          threads=threads)
     run_daemon(cfg, quiet=quiet)

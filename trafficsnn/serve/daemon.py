@@ -48,6 +48,7 @@ class ClassifyConfig:
     max_message_mb: float = 2.0         # ZMQ_MAXMSGSIZE per frame; a whole message above it is dropped too
     max_update_packets: int = 65_536    # packets in one flow update; a message holding a larger one is dropped
     batch_packets: int = 262_144        # packets per micro-batch; a message above it is dropped
+    drain_timeout: float = 10.0         # SIGTERM: seconds to read what is queued (below TimeoutStopSec=30s)
     max_sensors: int = 256              # sensors whose counters are kept (the longest silent evicted beyond)
     metrics_port: int | None = None
     metrics_addr: str = "127.0.0.1"
@@ -66,6 +67,8 @@ class ClassifyConfig:
             raise ConfigError("--rcvhwm must be >= 1 message (0 would queue without bound)")
         if not 0 < self.max_message_mb <= 4096:
             raise ConfigError(f"--max-message-mb must be within (0, 4096], got {self.max_message_mb}")
+        if not 0 <= self.drain_timeout <= 3600:
+            raise ConfigError(f"--drain-timeout must be within [0, 3600] s, got {self.drain_timeout}")
         if self.max_sensors < 1:
             raise ConfigError(f"--max-sensors must be >= 1, got {self.max_sensors}")
         if self.max_update_packets < 1 or self.batch_packets < 1:
@@ -118,6 +121,7 @@ class ClassifierDaemon:
         self.counters: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()     # refused by the daemon's own caps (by cause)
         self._stop = threading.Event()
+        self._drained = 0
         self._reload = threading.Event()
         self._dump = threading.Event()
         self.auth: Any = None
@@ -140,7 +144,7 @@ class ClassifierDaemon:
             self.metrics = Metrics(self.prometheus_snapshot)
             self.metrics.serve(cfg.metrics_port, cfg.metrics_addr)
 
-    drain_quiet_ms = 200
+    drain_quiet_ms = 100
 
     @property
     def handle(self) -> ModelHandle:
@@ -259,6 +263,8 @@ class ClassifierDaemon:
             except zmq.Again:
                 break
             n += 1
+            if self._stop.is_set():
+                self._drained += 1
             if sum(len(_frame_bytes(f)) for f in frames) > self.max_message_bytes:
                 self.drops["oversize_message"] += 1
                 continue
@@ -318,16 +324,35 @@ class ClassifierDaemon:
         self.counters["batches"] += 1
 
     def _drain(self) -> None:
-        """Shutdown: classify everything already queued in the socket, then the open flows' verdicts."""
+        """Shutdown: classify what is queued, then the open flows' verdicts, within ``drain_timeout`` seconds.
+
+        Reading stops at the first quiet spell or at the deadline, whichever comes first, so a
+        sensor that keeps sending cannot hold the daemon past the unit's TimeoutStopSec.
+        """
+        t0 = time.monotonic()
+        deadline = t0 + self.cfg.drain_timeout
         self.notifier.stopping("draining")
+        cut = False
         while True:
-            got = self._receive(limit=1 << 30)
+            now = time.monotonic()
+            if now >= deadline:
+                cut = True
+                break
+            got = self._receive()
             if self.batcher.items:
                 self._process()
+            self.notifier.watchdog()
             # what the I/O thread is still reading off the connections counts as queued too:
-            # stop only after a short quiet spell
-            if not got and not self.sock.poll(self.drain_quiet_ms):
+            # stop after a short quiet spell
+            quiet_ms = int(min(self.drain_quiet_ms, max(0.0, deadline - time.monotonic()) * 1000))
+            if not got and not self.sock.poll(quiet_ms):
                 break
+        if self.batcher.items:
+            self._process()
+        if cut:
+            self.counters["drain_cut"] += 1
+            log.warning("shutdown: still receiving after %.1f s (--drain-timeout); stopped reading, "
+                        "%d messages read while draining", self.cfg.drain_timeout, self._drained)
         if self.cfg.verdicts_at_exit:
             vs = self.engine.flush_open("shutdown")
             for s in self.sinks:
