@@ -370,3 +370,28 @@ def test_stop_under_load_drains_within_the_bound_and_flushes_open_flows(tmp_path
         sender.wait()
         d.stop()
         runner.join(timeout=5)
+
+
+# ------------------------------------------------------------------ 6. the state slab never mixes flows
+
+def test_more_new_flows_than_max_flows_in_one_message_never_mix(model):
+    from trafficsnn.serve.engine import ModelHandle, StreamingClassifier
+
+    h = ModelHandle.load(model, "cpu")
+    flows = [_flow(i, n=20 + 7 * i, final=False) for i in range(6)]
+    alone = {}
+    for u in flows:
+        e = StreamingClassifier(h, emit="update")
+        (v,) = e.process([wire.decode(wire.encode_updates([u]))])
+        alone[v.flow_id] = v.probabilities
+    eng = StreamingClassifier(h, max_flows=4, emit="update")
+    vs = eng.process([wire.decode(wire.encode_updates(flows))])
+    assert len(vs) == 4 and eng.drops["state_full"] == 2
+    assert eng.counters["packets_refused_state_full"] == sum(len(u.ts) for u in flows[4:])
+    for v in vs:
+        assert v.probabilities == pytest.approx(alone[v.flow_id], abs=1e-6)
+    # a second such message: the old flows make room (LRU), the batch's own never do
+    more = [_flow(10 + i, n=20, final=False) for i in range(6)]
+    vs = eng.process([wire.decode(wire.encode_updates(more))])
+    assert len(vs) == 4 and eng.drops["state_full"] == 4 and eng.active_flows == 4
+    assert len({(v.flow_id) for v in vs}) == 4 and eng.counters["state_evicted"] == 4

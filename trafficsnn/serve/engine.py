@@ -205,11 +205,12 @@ class StreamingClassifier:
             setattr(self, name, b)
 
     def _alloc(self) -> int:
+        """A free slot, evicting least recently used flows if need be; -1 when every slot is in this batch."""
         if self._free:
             return self._free.pop()
         if self._next >= self.max_flows:
             self._evict(max(1, self.max_flows // 100))
-            return self._free.pop()
+            return self._free.pop() if self._free else -1
         s = self._next
         self._next += 1
         self._grow_slots(s + 1)
@@ -217,9 +218,14 @@ class StreamingClassifier:
         return s
 
     def _evict(self, n: int) -> None:
-        """Free the ``n`` least recently used flows (counted; their state is lost)."""
-        live = np.flatnonzero(self.live)
+        """Free the ``n`` least recently used flows (counted; their state is lost).
+
+        Flows of the batch being placed are never evicted: their slot would then carry two flows.
+        """
+        live = np.flatnonzero(self.live & (self.last_used < self._tick))
         n = min(n, len(live))
+        if not n:
+            return
         victims = live[np.argpartition(self.last_used[live], n - 1)[:n]] if n < len(live) else live
         self.counters["state_evicted"] += len(victims)
         self._release(victims)
@@ -258,8 +264,12 @@ class StreamingClassifier:
         final = keys["final"]
         restarted = False
         new_flows = missing = 0
+        refused: set[tuple[str, int]] = set()
         for i in need.tolist():
             sensor, fid, q = sens[i], int(fids[i]), int(seq[i])
+            if refused and (sensor, fid) in refused:
+                slots[i] = -3
+                continue
             d = self._index[sensor]
             s = d.get(fid)
             if s is not None and q != 0:
@@ -272,6 +282,10 @@ class StreamingClassifier:
                 self._release(np.array([s]))
                 restarted = True
             s = self._alloc()
+            if s < 0:  # more new flows in this batch than --max-flows: refused, never mixed into another's state
+                refused.add((sensor, fid))
+                slots[i] = -3
+                continue
             d[fid] = s
             self._n_index += 1
             self._keys[s] = (sensor, fid)
@@ -291,7 +305,7 @@ class StreamingClassifier:
             self.drops["flow_start_missed"] += missing
         if restarted:  # later updates of a re-started id must point at its new slot
             for i in range(len(slots)):
-                if slots[i] != -2:
+                if slots[i] >= 0:
                     slots[i] = self._index[sens[i]][int(fids[i])]
         return slots
 
@@ -319,10 +333,17 @@ class StreamingClassifier:
         seq = keys["seq"].astype(np.int64)
 
         slots = self._slots_of(batches, keys, sensors, seq, lens)
-        skip = slots == -2
+        skip = slots < 0
         if skip.any():
-            self.drops["final_without_state"] += int(skip.sum())
+            self.drops["final_without_state"] += int((slots == -2).sum())
+            full = slots == -3
+            if full.any():
+                self.drops["state_full"] += int(full.sum())
+                self.counters["packets_refused_state_full"] += int(lens[full].sum())
             kept = ~skip
+            if (lens[skip] > 0).any():  # refused updates carry packets: drop those too
+                pkept = np.repeat(kept, lens)
+                ts, size, direction = ts[pkept], size[pkept], direction[pkept]
             keys, lens, seq, slots = keys[kept], lens[kept], seq[kept], slots[kept]
             sensors = [x for x, k in zip(sensors, kept.tolist()) if k]
             nu = len(keys)
