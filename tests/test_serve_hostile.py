@@ -395,3 +395,21 @@ def test_more_new_flows_than_max_flows_in_one_message_never_mix(model):
     vs = eng.process([wire.decode(wire.encode_updates(more))])
     assert len(vs) == 4 and eng.drops["state_full"] == 4 and eng.active_flows == 4
     assert len({(v.flow_id) for v in vs}) == 4 and eng.counters["state_evicted"] == 4
+
+
+# ------------------------------------------------------------------ 7. restarts: gaps and partial flows
+
+def test_verdicts_on_flows_whose_start_or_middle_was_lost_say_partial(model):
+    from trafficsnn.serve.engine import ModelHandle, StreamingClassifier
+
+    eng = StreamingClassifier(ModelHandle.load(model, "cpu"), emit="final")
+    whole = _flow(1, n=30)
+    late = _flow(2, n=30, seq=500, t0=1010.0, sensor_ts0=1000.0)      # a restarted classifier: start missed
+    head = _flow(3, n=20, final=False)
+    tail = _flow(3, n=20, seq=25, t0=1005.0, sensor_ts0=1000.0)       # 5 packets lost in between
+    vs = eng.process([wire.decode(wire.encode_updates([whole, late, head]))])
+    vs += eng.process([wire.decode(wire.encode_updates([tail]))])
+    by = {v.flow_id: v for v in vs}
+    assert not by[1].partial and by[2].partial and by[3].partial
+    assert eng.drops["flow_start_missed"] == 1 and eng.drops["gap_updates"] == 1 and eng.drops["gap_packets"] == 5
+    assert _strict_json(by[2].to_json())["partial"] is True and by[1].to_dict()["partial"] is False

@@ -138,7 +138,8 @@ class StateStore:
 
 
 _SLOT_COLS = (("start_ts", np.float64), ("steps_done", np.int64), ("packets", np.int64), ("emitted", bool),
-              ("last_used", np.int64), ("live", bool), ("gen", np.int64), ("rec", UPDATE_DTYPE))
+              ("last_used", np.int64), ("live", bool), ("gen", np.int64), ("rec", UPDATE_DTYPE),
+              ("partial", bool))  # partial: the flow's start or a later update was lost upstream
 
 
 class StreamingClassifier:
@@ -294,6 +295,7 @@ class StreamingClassifier:
             self.steps_done[s] = 0
             self.packets[s] = q
             self.emitted[s] = False
+            self.partial[s] = q != 0
             self.last_used[s] = self._tick
             if q == 0:
                 new_flows += 1
@@ -358,6 +360,7 @@ class StreamingClassifier:
         if (gap > 0).any():
             self.drops["gap_updates"] += int((gap > 0).sum())
             self.drops["gap_packets"] += int(gap[gap > 0].sum())
+            self.partial[slots[gap > 0]] = True
         self.packets[uslots] = seq[ulast] + lens[ulast]
         final_slot = np.zeros(len(self.live), bool)
         final_slot[slots[keys["final"].astype(bool)]] = True
@@ -531,12 +534,13 @@ class StreamingClassifier:
         pk = self.packets[sl].tolist()
         st0 = self.start_ts[sl].tolist()
         steps = self.steps_done[sl].tolist()
+        partial = self.partial[sl].tolist()
         sens = [sensors[i] for i in ui.tolist()]
         mid, sha = h.model_id, h.sha256
         out = [Verdict(key=FlowKey(*kc), flow_id=fids[n], sensor=sens[n], label=classes[labels[n]],
                        confidence=confs[n], probabilities=dict(zip(classes, prob_rows[n])), packets=pk[n],
                        first_ts=st0[n], verdict_ts=now, model_id=mid, model_sha256=sha, final=finals[n],
-                       reason=REASONS[reasons[n]], steps=steps[n],
+                       reason=REASONS[reasons[n]], steps=steps[n], partial=partial[n],
                        latency_s=(now - walls[n]) if walls[n] > 0 else None)
                for n, kc in enumerate(zip(*kcols))]
         self.emitted[sl] = True
@@ -565,7 +569,8 @@ class StreamingClassifier:
                                sensor=sensor, label=h.classes[c], confidence=float(probs[j, c]),
                                probabilities=dict(zip(h.classes, probs[j].tolist())), packets=int(self.packets[s]),
                                first_ts=float(self.start_ts[s]), verdict_ts=now, model_id=h.model_id,
-                               model_sha256=h.sha256, final=False, reason=reason, steps=int(self.steps_done[s])))
+                               model_sha256=h.sha256, final=False, reason=reason, steps=int(self.steps_done[s]),
+                               partial=bool(self.partial[s])))
             self.emitted[s] = True
             self.verdicts_by_class[h.classes[c]] += 1
         self.counters["verdicts"] += len(out)

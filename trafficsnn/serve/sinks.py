@@ -59,6 +59,7 @@ class Verdict:
     reason: str = ""
     steps: int = 0                      # SNN time steps the verdict is based on
     latency_s: float | None = None      # sender read time of the update's last packet -> verdict
+    partial: bool = False               # the flow's start or some of its updates never arrived
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -77,6 +78,7 @@ class Verdict:
             "final": self.final,
             "reason": self.reason,
             "steps": self.steps,
+            "partial": self.partial,
             "model": {"id": self.model_id, "sha256": self.model_sha256},
         }
         if self.latency_s is not None:
@@ -97,7 +99,7 @@ class Verdict:
                 f'"class":{_js(self.label)},"confidence":{_f6(self.confidence)},"probabilities":{{{probs}}},'
                 f'"packets":{self.packets},"first_ts":{_r(self.first_ts)},"verdict_ts":{_r(self.verdict_ts)},'
                 f'"final":{"true" if self.final else "false"},"reason":{_js(self.reason)},"steps":{self.steps},'
-                f'"model":{{"id":{_js(self.model_id)},"sha256":{_js(self.model_sha256)}}}{lat}}}')
+                f'"partial":{"true" if self.partial else "false"},"model":{{"id":{_js(self.model_id)},"sha256":{_js(self.model_sha256)}}}{lat}}}')
 
 
 class Sink(Protocol):
