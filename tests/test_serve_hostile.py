@@ -294,6 +294,7 @@ def test_stats_abuse_never_breaks_metrics_and_the_sensor_table_is_bounded(tmp_pa
         text = generate_latest(d.metrics.registry).decode()
         assert 'trafficsnn_sensor_updates_dropped_total{sensor="s19"} 19.0' in text
         assert 'trafficsnn_drops_total{cause="malformed_bad_stats"} 1.0' in text
+        assert "trafficsnn_sensors_evicted_total 12.0" in text
     finally:
         push.close(0)
         d._close()
