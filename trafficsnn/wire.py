@@ -50,7 +50,9 @@ KIND_NAMES = {KIND_UPDATES: "updates", KIND_STATS: "stats", KIND_EOS: "eos"}
 _HEADER = struct.Struct("<4sBBHHxxIIQd24s")
 HEADER_SIZE = _HEADER.size
 MAX_SENSOR_LEN = 255
-MAX_JSON_BYTES = 1 << 20
+MAX_JSON_BYTES = 64 << 10           # a STATS/EOS body: counters only, a few kB in practice
+MAX_STATS_ENTRIES = 256             # counters in one STATS body, nested ones included
+MAX_STATS_KEY = 64                  # characters of one counter name
 # Hard caps so a hostile header cannot make the decoder allocate or loop much.
 MAX_UPDATES = 1 << 22
 MAX_PACKETS = 1 << 26
@@ -276,6 +278,36 @@ def decode_header(frame: Any) -> Header:
     return Header(version, kind, n_frames, sensor, n_upd, n_pkt, seq, sent)
 
 
+def _counter(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+
+
+def validate_stats(stats: Any) -> dict[str, Any]:
+    """A STATS body is counters only: name -> finite number >= 0, or name -> {label: number} (one level).
+
+    At most ``MAX_STATS_ENTRIES`` numbers and names of at most ``MAX_STATS_KEY``
+    characters, so one sensor can neither break a metrics scrape nor hold much memory.
+    """
+    if not isinstance(stats, dict):
+        raise WireError("bad_stats", "stats body is not a JSON object")
+    n = 0
+    for k, v in stats.items():
+        if len(k) > MAX_STATS_KEY:
+            raise WireError("bad_stats", f"stats counter name of {len(k)} characters")
+        if isinstance(v, dict):
+            for k2, v2 in v.items():
+                if len(k2) > MAX_STATS_KEY or not _counter(v2):
+                    raise WireError("bad_stats", f"stats counter {k}.{k2[:MAX_STATS_KEY]} is not a number >= 0")
+            n += len(v)
+        elif _counter(v):
+            n += 1
+        else:
+            raise WireError("bad_stats", f"stats counter {k} is not a number >= 0")
+        if n > MAX_STATS_ENTRIES:
+            raise WireError("bad_stats", f"more than {MAX_STATS_ENTRIES} stats counters")
+    return stats
+
+
 def decode(frames: Sequence[Any]) -> UpdateBatch | StatsMessage:
     """Validate and decode one multipart message; raises only ``WireError``."""
     try:
@@ -302,9 +334,7 @@ def _decode(frames: Sequence[Any]) -> UpdateBatch | StatsMessage:
             stats = json.loads(bytes(body).decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as err:
             raise WireError("bad_json", str(err)) from err
-        if not isinstance(stats, dict):
-            raise WireError("bad_json", "stats body is not a JSON object")
-        return StatsMessage(h, stats)
+        return StatsMessage(h, validate_stats(stats))
 
     if len(frames) != 1 + len(ARRAY_FRAMES):
         raise WireError("frame_count", f"updates message has {len(frames)} frames, expected {1 + len(ARRAY_FRAMES)}")

@@ -26,7 +26,20 @@ from ..serve.config import config_option
 @click.option("--batch-ms", type=float, default=5.0, show_default=True, help="...or this many milliseconds.")
 @click.option("--max-flows", type=click.IntRange(min=1), default=250_000, show_default=True,
               help="Per-flow SNN states kept; the least recently updated are evicted beyond it (counted).")
-@click.option("--rcvhwm", type=click.IntRange(min=0), default=1000, show_default=True, help="Messages queued on the receive side.")
+@click.option("--rcvhwm", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Messages queued per connected sensor before ZeroMQ stops reading from it.")
+@click.option("--max-message-mb", type=click.FloatRange(min=0, max=4096, min_open=True), default=2.0, show_default=True,
+              help="Largest message frame accepted (ZMQ_MAXMSGSIZE: a peer sending more is disconnected); "
+                   "larger whole messages are dropped and counted. Queued memory per sensor <= rcvhwm x 3 x this.")
+@click.option("--max-update-packets", type=click.IntRange(min=1), default=65_536, show_default=True,
+              help="Packets in one flow update; a message holding a larger update is dropped and counted.")
+@click.option("--batch-packets", type=click.IntRange(min=1), default=262_144, show_default=True,
+              help="Packets per micro-batch (bounds inference memory); a larger message is dropped and counted.")
+@click.option("--drain-timeout", type=click.FloatRange(0, 3600), default=10.0, show_default=True,
+              help="On SIGTERM: seconds to keep classifying what is queued before the open flows' verdicts are "
+                   "flushed and the daemon exits 0 (keep it well below the unit's TimeoutStopSec).")
+@click.option("--max-sensors", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Sensors whose counters are kept and exported; beyond it the longest silent one is dropped (counted).")
 @click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port.")
 @click.option("--metrics-addr", default="127.0.0.1", show_default=True, help="Address for the metrics endpoint.")
 @click.option("--curve-secret", type=click.Path(dir_okay=False), help="Server CURVE NAME.key_secret file.")
@@ -38,7 +51,8 @@ from ..serve.config import config_option
 @click.option("-q", "--quiet", is_flag=True, help="Do not print the counters at exit.")
 @click.option("-v", "--verbose", is_flag=True, help="Log more.")
 def command(bind, connect, model, device, jsonl, pub, emit, min_confidence, batch, batch_ms, max_flows, rcvhwm,
-            metrics_port, metrics_addr, curve_secret, curve_clients, exit_after_eos, threads, quiet, verbose) -> None:
+            max_message_mb, max_update_packets, batch_packets, drain_timeout, max_sensors, metrics_port,
+            metrics_addr, curve_secret, curve_clients, exit_after_eos, threads, quiet, verbose) -> None:
     """Classify flow updates arriving over ZeroMQ with a stateful spiking neural network.
 
     \b
@@ -55,7 +69,10 @@ def command(bind, connect, model, device, jsonl, pub, emit, min_confidence, batc
                         format="trafficsnn classify: %(levelname)s %(message)s")
     cfg = ClassifyConfig(bind=tuple(bind), connect=tuple(connect), model=model, device=device, jsonl=jsonl,
                          pub=tuple(pub), emit=emit, min_confidence=min_confidence, batch=batch, batch_ms=batch_ms,
-                         max_flows=max_flows, rcvhwm=rcvhwm, metrics_port=metrics_port, metrics_addr=metrics_addr,
+                         max_flows=max_flows, rcvhwm=rcvhwm, max_message_mb=max_message_mb,
+                         max_update_packets=max_update_packets, batch_packets=batch_packets,
+                         drain_timeout=drain_timeout, max_sensors=max_sensors, metrics_port=metrics_port,
+                         metrics_addr=metrics_addr,
                          curve_secret=curve_secret, curve_clients=curve_clients, exit_after_eos=exit_after_eos,
                          threads=threads)
     run_daemon(cfg, quiet=quiet)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import ConfigError
+from ..errors import ConfigError, TrafficSNNError
 from ._options import flow_table_options
 
 
@@ -33,7 +33,7 @@ def extract_files(paths: list[str], out: str, *, fmt: str = "npz", idle_timeout:
     warn = warn or (lambda msg: click.echo(f"warning: {msg}", err=True))
     opts = dict(idle_timeout=idle_timeout, active_timeout=active_timeout, max_flows=max_flows,
                 tcp_close=tcp_close, max_packets=max_packets)
-    summary = {"files": 0, "packets": 0, "flows": 0, "skipped": 0, "errors": 0, "evicted": 0}
+    summary = {"files": 0, "packets": 0, "flows": 0, "skipped": 0, "errors": 0, "evicted": 0, "damaged": []}
     t0 = time.perf_counter()
     total = sum(os.path.getsize(p) for p in paths)
     bar = None
@@ -75,6 +75,8 @@ def extract_files(paths: list[str], out: str, *, fmt: str = "npz", idle_timeout:
             for err in reader.errors:
                 summary["errors"] += 1
                 warn(str(err))
+            if reader.errors:
+                summary["damaged"].append(str(path))
             for w in reader.warnings:
                 warn(f"{path}: {w}")
             if bar is not None:
@@ -108,7 +110,7 @@ def extract_files(paths: list[str], out: str, *, fmt: str = "npz", idle_timeout:
 @flow_table_options()
 @click.option("--tcp-close/--no-tcp-close", default=True, show_default=True,
               help="End TCP flows at RST, or at the FIN handshake (its last ACK, within 2 s, stays in the flow).")
-@click.option("--max-packets", type=int, default=0, show_default=True,
+@click.option("--max-packets", type=click.IntRange(min=0), default=0, show_default=True,
               help="Keep at most this many packets per flow (counters still count all; 0 = all).")
 @click.option("--whole-file", is_flag=True,
               help="nDPI-style flows: no timeouts, no TCP close (one flow per key per file).")
@@ -156,9 +158,16 @@ def command(captures, out, fmt, idle_timeout, active_timeout, max_flows, tcp_clo
                       active_timeout=_timeout(active_timeout), max_flows=max_flows or None,
                       tcp_close=tcp_close, max_packets=max_packets or None, strict=strict,
                       progress=progress)
+    if not s["packets"]:
+        if out != "-":
+            Path(out).unlink(missing_ok=True)
+        what = f"; damaged: {', '.join(s['damaged'])}" if s["damaged"] else ""
+        raise TrafficSNNError(f"no packet could be read from any of the {len(captures)} input(s){what}; "
+                              f"nothing written (give pcap or pcapng files that hold packets)")
     if not quiet:
         rate = s["packets"] / s["seconds"] if s["seconds"] > 0 else 0.0
         click.echo(f"{s['files']} file(s): {s['packets']:,} packets -> {s['flows']:,} flows "
                    f"({s['skipped']:,} frames skipped, {s['errors']} damaged file(s), "
                    f"{s['evicted']:,} evicted) in {s['seconds']:.2f} s ({rate:,.0f} packets/s)"
-                   + ("" if out == "-" else f"; wrote {out}"), err=True)
+                   + ("" if out == "-" else f"; wrote {out}")
+                   + (f"; damaged: {', '.join(s['damaged'])}" if s["damaged"] else ""), err=True)

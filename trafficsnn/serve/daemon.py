@@ -14,14 +14,15 @@ import signal
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import zmq
 
 from .. import wire
-from ..errors import ConfigError, TrafficSNNError
+from ..errors import ConfigError, ModelError, TrafficSNNError
 from .batcher import Batcher
 from .engine import ModelHandle, StreamingClassifier
 from .sdnotify import Notifier
@@ -43,7 +44,12 @@ class ClassifyConfig:
     batch: int = 4096
     batch_ms: float = 5.0
     max_flows: int = 250_000
-    rcvhwm: int = 1000
+    rcvhwm: int = 100                   # messages queued per connected sensor (ZMQ_RCVHWM)
+    max_message_mb: float = 2.0         # ZMQ_MAXMSGSIZE per frame; a whole message above it is dropped too
+    max_update_packets: int = 65_536    # packets in one flow update; a message holding a larger one is dropped
+    batch_packets: int = 262_144        # packets per micro-batch; a message above it is dropped
+    drain_timeout: float = 10.0         # SIGTERM: seconds to read what is queued (below TimeoutStopSec=30s)
+    max_sensors: int = 256              # sensors whose counters are kept (the longest silent evicted beyond)
     metrics_port: int | None = None
     metrics_addr: str = "127.0.0.1"
     curve_secret: str | None = None
@@ -57,8 +63,38 @@ class ClassifyConfig:
             raise ConfigError("give where updates arrive: --bind ENDPOINT (usual) or --connect ENDPOINT")
         if self.batch < 1 or self.batch_ms < 0:
             raise ConfigError("--batch must be >= 1 update and --batch-ms >= 0")
+        if self.rcvhwm < 1:
+            raise ConfigError("--rcvhwm must be >= 1 message (0 would queue without bound)")
+        if not 0 < self.max_message_mb <= 4096:
+            raise ConfigError(f"--max-message-mb must be within (0, 4096], got {self.max_message_mb}")
+        if not 0 <= self.drain_timeout <= 3600:
+            raise ConfigError(f"--drain-timeout must be within [0, 3600] s, got {self.drain_timeout}")
+        if self.max_sensors < 1:
+            raise ConfigError(f"--max-sensors must be >= 1, got {self.max_sensors}")
+        if self.max_update_packets < 1 or self.batch_packets < 1:
+            raise ConfigError("--max-update-packets and --batch-packets must be >= 1")
         if bool(self.curve_secret) != bool(self.curve_clients):
             raise ConfigError("CURVE needs both --curve-secret (server .key_secret) and --curve-clients DIR")
+
+
+def _frame_bytes(frame: Any) -> memoryview | bytes:
+    b = getattr(frame, "buffer", frame)
+    return b if isinstance(b, (bytes, memoryview)) else memoryview(b)
+
+
+def load_model(path: str | None, device: Any) -> ModelHandle:
+    """``ModelHandle.load`` where every failure is one ``ModelError`` naming the model (never a traceback)."""
+    try:
+        return ModelHandle.load(path, device)
+    except ModelError:
+        raise
+    except TrafficSNNError as err:
+        raise ModelError(f"model {path or 'default'}: {err}") from None
+    except RecursionError:
+        raise ModelError(f"model {path or 'default'}: model.json is nested too deeply") from None
+    except Exception as err:  # noqa: BLE001 - the reload boundary: anything else is a bad file too
+        raise ModelError(f"model {path or 'default'}: cannot load it ({type(err).__name__}: {err}); "
+                         "fix or replace the model directory") from None
 
 
 class ClassifierDaemon:
@@ -72,16 +108,20 @@ class ClassifierDaemon:
         from ..snn.device import resolve_device
 
         self.device = resolve_device(cfg.device)
-        self.engine = StreamingClassifier(ModelHandle.load(cfg.model, self.device), max_flows=cfg.max_flows, emit=cfg.emit,
+        self.engine = StreamingClassifier(load_model(cfg.model, self.device), max_flows=cfg.max_flows, emit=cfg.emit,
                                           min_confidence=cfg.min_confidence, device=self.device)
         self.ctx = ctx or zmq.Context.instance()
         self.wire_stats = wire.WireStats()
-        self.batcher = Batcher(cfg.batch, cfg.batch_ms)
+        self.batcher = Batcher(cfg.batch, cfg.batch_ms, max_packets=cfg.batch_packets)
+        self.max_message_bytes = int(cfg.max_message_mb * (1 << 20))
         self.notifier = Notifier()
-        self.sensors: dict[str, dict[str, Any]] = {}
+        # the latest counters of each sensor, oldest first: at most --max-sensors kept (evictions counted)
+        self.sensors: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.eos: set[str] = set()
         self.counters: Counter[str] = Counter()
+        self.drops: Counter[str] = Counter()     # refused by the daemon's own caps (by cause)
         self._stop = threading.Event()
+        self._drained = 0
         self._reload = threading.Event()
         self._dump = threading.Event()
         self.auth: Any = None
@@ -104,7 +144,7 @@ class ClassifierDaemon:
             self.metrics = Metrics(self.prometheus_snapshot)
             self.metrics.serve(cfg.metrics_port, cfg.metrics_addr)
 
-    drain_quiet_ms = 200
+    drain_quiet_ms = 100
 
     @property
     def handle(self) -> ModelHandle:
@@ -116,6 +156,8 @@ class ClassifierDaemon:
         s = self.ctx.socket(zmq.PULL)
         s.rcvhwm = cfg.rcvhwm
         s.linger = 0
+        # a peer sending a larger frame is disconnected by ZeroMQ before the frame is buffered
+        s.setsockopt(zmq.MAXMSGSIZE, int(cfg.max_message_mb * (1 << 20)))
         if cfg.curve_secret:
             from .security import secure_server
 
@@ -144,19 +186,26 @@ class ClassifierDaemon:
         self._reload.set()
 
     def reload(self) -> bool:
-        """Load the model file again; on any error keep serving the old one."""
+        """Load the model file again; on any error keep serving the old one (counted, one log line)."""
         try:
-            new = ModelHandle.load(self.cfg.model, self.device)
-        except (TrafficSNNError, OSError, ValueError) as err:
+            new = load_model(self.cfg.model, self.device)
+        except ModelError as err:
             self.counters["reload_failed"] += 1
             log.error("model reload refused, still serving %s (%s): %s", self.handle.model_id,
                       self.handle.sha256[:12], err)
             self.notifier.status(f"reload refused: {err}")
             return False
         self.counters["reloads"] += 1
-        if new.sha256 != self.handle.sha256 or new.signature() != self.handle.signature():
+        old = self.handle
+        if new.sha256 != old.sha256 or new.signature() != old.signature():
             reset = self.engine.swap_model(new)
             log.warning("model reloaded: %s (%s), %d flow states reset", new.model_id, new.sha256[:12], reset)
+        elif new.loaded.spec != old.loaded.spec:
+            # same weights and shapes, new model.json (temperature, class names, name): the flow
+            # states stay valid, the new settings apply from the next verdict on
+            self.engine.adopt(new)
+            log.warning("model settings reloaded: %s (%s), temperature %g, flow states kept", new.model_id,
+                        new.sha256[:12], new.temperature)
         self.notifier.status(f"serving {self.handle.model_id}")
         return True
 
@@ -183,7 +232,12 @@ class ClassifierDaemon:
                     self._reload.clear()
                     if self.batcher.items:
                         self._process()
-                    self.reload()
+                    try:
+                        self.reload()
+                    except Exception as err:  # noqa: BLE001 - a reload never ends the daemon
+                        self.counters["reload_failed"] += 1
+                        log.error("model reload failed, still serving %s: %s: %s", self.handle.model_id,
+                                  type(err).__name__, err)
                 if self.cfg.exit_after_eos and len(self.eos) >= self.cfg.exit_after_eos:
                     self._drain()
                     break
@@ -203,23 +257,52 @@ class ClassifierDaemon:
         """Read what is queued (up to a full batch); returns messages read."""
         n = 0
         limit = limit or self.cfg.batch
-        while self.batcher.updates < limit:
+        while self.batcher.updates < limit and self.batcher.packets < self.cfg.batch_packets:
             try:
                 frames = self.sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
             n += 1
+            if self._stop.is_set():
+                self._drained += 1
+            if sum(len(_frame_bytes(f)) for f in frames) > self.max_message_bytes:
+                self.drops["oversize_message"] += 1
+                continue
             msg = self.wire_stats.decode(frames)
             if msg is None:
                 continue
             if isinstance(msg, wire.UpdateBatch):
-                if len(msg):
+                if len(msg) and self._admit(msg):
+                    if self.batcher.items and self.batcher.packets + msg.n_packets > self.cfg.batch_packets:
+                        self._process()  # a micro-batch never exceeds --batch-packets
                     self.batcher.add(msg)
             else:
-                self.sensors[msg.sensor] = msg.stats
-                if msg.eos:
-                    self.eos.add(msg.sensor)
+                self._sensor_stats(msg)
         return n
+
+    def _sensor_stats(self, msg: wire.StatsMessage) -> None:
+        """Keep a sensor's latest (validated) counters; beyond --max-sensors the longest silent one goes."""
+        self.sensors[msg.sensor] = msg.stats
+        self.sensors.move_to_end(msg.sensor)
+        while len(self.sensors) > self.cfg.max_sensors:
+            gone, _ = self.sensors.popitem(last=False)
+            self.eos.discard(gone)
+            self.counters["sensors_evicted"] += 1
+        if msg.eos:
+            self.eos.add(msg.sensor)
+
+    def _admit(self, msg: wire.UpdateBatch) -> bool:
+        """Size caps of one valid UPDATES message (what one peer can make the classifier hold); drops counted."""
+        cfg = self.cfg
+        if msg.n_packets > cfg.batch_packets:
+            self.drops["oversize_message"] += 1
+            self.counters["oversize_packets_dropped"] += msg.n_packets
+            return False
+        if msg.n_packets and int(np.diff(msg.offsets).max()) > cfg.max_update_packets:
+            self.drops["oversize_update"] += 1
+            self.counters["oversize_packets_dropped"] += msg.n_packets
+            return False
+        return True
 
     def _process(self) -> None:
         items = self.batcher.take()
@@ -241,16 +324,35 @@ class ClassifierDaemon:
         self.counters["batches"] += 1
 
     def _drain(self) -> None:
-        """Shutdown: classify everything already queued in the socket, then the open flows' verdicts."""
+        """Shutdown: classify what is queued, then the open flows' verdicts, within ``drain_timeout`` seconds.
+
+        Reading stops at the first quiet spell or at the deadline, whichever comes first, so a
+        sensor that keeps sending cannot hold the daemon past the unit's TimeoutStopSec.
+        """
+        t0 = time.monotonic()
+        deadline = t0 + self.cfg.drain_timeout
         self.notifier.stopping("draining")
+        cut = False
         while True:
-            got = self._receive(limit=1 << 30)
+            now = time.monotonic()
+            if now >= deadline:
+                cut = True
+                break
+            got = self._receive()
             if self.batcher.items:
                 self._process()
+            self.notifier.watchdog()
             # what the I/O thread is still reading off the connections counts as queued too:
-            # stop only after a short quiet spell
-            if not got and not self.sock.poll(self.drain_quiet_ms):
+            # stop after a short quiet spell
+            quiet_ms = int(min(self.drain_quiet_ms, max(0.0, deadline - time.monotonic()) * 1000))
+            if not got and not self.sock.poll(quiet_ms):
                 break
+        if self.batcher.items:
+            self._process()
+        if cut:
+            self.counters["drain_cut"] += 1
+            log.warning("shutdown: still receiving after %.1f s (--drain-timeout); stopped reading, "
+                        "%d messages read while draining", self.cfg.drain_timeout, self._drained)
         if self.cfg.verdicts_at_exit:
             vs = self.engine.flush_open("shutdown")
             for s in self.sinks:
@@ -276,6 +378,7 @@ class ClassifierDaemon:
     def snapshot(self) -> dict[str, Any]:
         e = self.engine.snapshot()
         drops = dict(e["drops"])
+        drops.update(self.drops)
         for k, v in self.wire_stats.errors.items():
             drops[f"malformed_{k}"] = v
         return {
@@ -285,7 +388,7 @@ class ClassifierDaemon:
             "verdicts_by_class": e["verdicts_by_class"],
             "active_flows": e["active_flows"],
             "state_bytes": e["state_bytes"],
-            "sensors": self.sensors,
+            "sensors": dict(self.sensors),
         }
 
     def prometheus_snapshot(self) -> dict[str, Any]:
@@ -304,6 +407,9 @@ class ClassifierDaemon:
                 "sensor_updates_dropped_total": {**sensor_drops, "_label": "sensor"},
                 "model_reloads_total": c.get("reloads", 0),
                 "model_reload_failures_total": c.get("reload_failed", 0),
+                "sensors_evicted_total": c.get("sensors_evicted", 0),
+                "oversize_packets_dropped_total": c.get("oversize_packets_dropped", 0),
+                "state_full_packets_dropped_total": c.get("packets_refused_state_full", 0),
             },
             "gauges": {"flows_active": s["active_flows"], "state_bytes": s["state_bytes"]},
             "info": {"model": {"id": s["model"]["id"], "sha256": s["model"]["sha256"]}},

@@ -153,8 +153,9 @@ def _empty_pool() -> dict[str, np.ndarray]:
             "size": np.zeros(0, np.uint32), "direction": np.zeros(0, np.uint8), "tcp_flags": np.zeros(0, np.uint8)}
 
 
-_SLOT_COLS = (("start_ts", np.float64), ("prev_ts", np.float64), ("steps_done", np.int64), ("packets", np.int64), ("emitted", bool),
-              ("last_used", np.int64), ("live", bool), ("gen", np.int64), ("rec", UPDATE_DTYPE))
+_SLOT_COLS = (("start_ts", np.float64), ("prev_ts", np.float64), ("steps_done", np.int64), ("packets", np.int64),
+              ("emitted", bool), ("last_used", np.int64), ("live", bool), ("gen", np.int64), ("rec", UPDATE_DTYPE),
+              ("partial", bool))  # partial: the flow's start or a later update was lost upstream
 
 
 class StreamingClassifier:
@@ -200,6 +201,13 @@ class StreamingClassifier:
         self._set_model(handle)
         return n
 
+    def adopt(self, handle: ModelHandle) -> None:
+        """Serve ``handle`` (same weights and shapes, other model.json settings) keeping every flow's state."""
+        if handle.signature() != self.handle.signature():
+            raise ValueError("adopt() needs a model of the same shape; use swap_model()")
+        self.handle, self.model = handle, handle.model
+        self.store.model = handle.model
+
     def _grow_slots(self, n: int) -> None:
         old = len(self.live)
         if n <= old:
@@ -213,11 +221,12 @@ class StreamingClassifier:
             setattr(self, name, b)
 
     def _alloc(self) -> int:
+        """A free slot, evicting least recently used flows if need be; -1 when every slot is in this batch."""
         if self._free:
             return self._free.pop()
         if self._next >= self.max_flows:
             self._evict(max(1, self.max_flows // 100))
-            return self._free.pop()
+            return self._free.pop() if self._free else -1
         s = self._next
         self._next += 1
         self._grow_slots(s + 1)
@@ -225,9 +234,14 @@ class StreamingClassifier:
         return s
 
     def _evict(self, n: int) -> None:
-        """Free the ``n`` least recently used flows (counted; their state is lost)."""
-        live = np.flatnonzero(self.live)
+        """Free the ``n`` least recently used flows (counted; their state is lost).
+
+        Flows of the batch being placed are never evicted: their slot would then carry two flows.
+        """
+        live = np.flatnonzero(self.live & (self.last_used < self._tick))
         n = min(n, len(live))
+        if not n:
+            return
         victims = live[np.argpartition(self.last_used[live], n - 1)[:n]] if n < len(live) else live
         self.counters["state_evicted"] += len(victims)
         self._release(victims)
@@ -266,8 +280,12 @@ class StreamingClassifier:
         final = keys["final"]
         restarted = False
         new_flows = missing = 0
+        refused: set[tuple[str, int]] = set()
         for i in need.tolist():
             sensor, fid, q = sens[i], int(fids[i]), int(seq[i])
+            if refused and (sensor, fid) in refused:
+                slots[i] = -3
+                continue
             d = self._index[sensor]
             s = d.get(fid)
             if s is not None and q != 0:
@@ -280,6 +298,10 @@ class StreamingClassifier:
                 self._release(np.array([s]))
                 restarted = True
             s = self._alloc()
+            if s < 0:  # more new flows in this batch than --max-flows: refused, never mixed into another's state
+                refused.add((sensor, fid))
+                slots[i] = -3
+                continue
             d[fid] = s
             self._n_index += 1
             self._keys[s] = (sensor, fid)
@@ -289,6 +311,7 @@ class StreamingClassifier:
             self.steps_done[s] = 0
             self.packets[s] = q
             self.emitted[s] = False
+            self.partial[s] = q != 0
             self.last_used[s] = self._tick
             if q == 0:
                 new_flows += 1
@@ -300,7 +323,7 @@ class StreamingClassifier:
             self.drops["flow_start_missed"] += missing
         if restarted:  # later updates of a re-started id must point at its new slot
             for i in range(len(slots)):
-                if slots[i] != -2:
+                if slots[i] >= 0:
                     slots[i] = self._index[sens[i]][int(fids[i])]
         return slots
 
@@ -329,12 +352,17 @@ class StreamingClassifier:
         seq = keys["seq"].astype(np.int64)
 
         slots = self._slots_of(batches, keys, sensors, seq, lens)
-        skip = slots == -2
+        skip = slots < 0
         if skip.any():
-            self.drops["final_without_state"] += int(skip.sum())
+            self.drops["final_without_state"] += int((slots == -2).sum())
+            full = slots == -3
+            if full.any():
+                self.drops["state_full"] += int(full.sum())
+                self.counters["packets_refused_state_full"] += int(lens[full].sum())
             kept = ~skip
-            pk = np.repeat(kept, lens)
-            ts, size, direction, flags = ts[pk], size[pk], direction[pk], flags[pk]
+            if (lens[skip] > 0).any():  # refused updates carry packets: drop those too
+                pkept = np.repeat(kept, lens)
+                ts, size, direction, flags = ts[pkept], size[pkept], direction[pkept], flags[pkept]
             keys, lens, seq, slots = keys[kept], lens[kept], seq[kept], slots[kept]
             sensors = [x for x, k in zip(sensors, kept.tolist()) if k]
             nu = len(keys)
@@ -349,6 +377,7 @@ class StreamingClassifier:
         if (gap > 0).any():
             self.drops["gap_updates"] += int((gap > 0).sum())
             self.drops["gap_packets"] += int(gap[gap > 0].sum())
+            self.partial[slots[gap > 0]] = True
         self.packets[uslots] = seq[ulast] + lens[ulast]
         final_slot = np.zeros(len(self.live), bool)
         final_slot[slots[keys["final"].astype(bool)]] = True
@@ -495,6 +524,12 @@ class StreamingClassifier:
             return []
         cand, li, is_final = cand[want], ulast[scored][want], is_final[want]
         probs = self._probs(cand)
+        finite = np.isfinite(probs).all(1)
+        if not finite.all():  # a verdict is never NaN or infinite: count and withhold it
+            self.drops["verdict_not_finite"] += int((~finite).sum())
+            cand, li, is_final, probs = cand[finite], li[finite], is_final[finite], probs[finite]
+            if not len(cand):
+                return []
         conf = probs.max(1)
         label = probs.argmax(1)
         if self.emit == "first":
@@ -521,12 +556,13 @@ class StreamingClassifier:
         pk = self.packets[sl].tolist()
         st0 = self.start_ts[sl].tolist()
         steps = self.steps_done[sl].tolist()
+        partial = self.partial[sl].tolist()
         sens = [sensors[i] for i in ui.tolist()]
         mid, sha = h.model_id, h.sha256
         out = [Verdict(key=FlowKey(*kc), flow_id=fids[n], sensor=sens[n], label=classes[labels[n]],
                        confidence=confs[n], probabilities=dict(zip(classes, prob_rows[n])), packets=pk[n],
                        first_ts=st0[n], verdict_ts=now, model_id=mid, model_sha256=sha, final=finals[n],
-                       reason=REASONS[reasons[n]], steps=steps[n],
+                       reason=REASONS[reasons[n]], steps=steps[n], partial=partial[n],
                        latency_s=(now - walls[n]) if walls[n] > 0 else None)
                for n, kc in enumerate(zip(*kcols))]
         self.emitted[sl] = True
@@ -542,6 +578,10 @@ class StreamingClassifier:
             return []
         h = self.handle
         probs = self._probs(live)
+        finite = np.isfinite(probs).all(1)
+        if not finite.all():
+            self.drops["verdict_not_finite"] += int((~finite).sum())
+            live, probs = live[finite], probs[finite]
         now = time.time()
         out = []
         for j, s in enumerate(live.tolist()):
@@ -551,7 +591,8 @@ class StreamingClassifier:
                                sensor=sensor, label=h.classes[c], confidence=float(probs[j, c]),
                                probabilities=dict(zip(h.classes, probs[j].tolist())), packets=int(self.packets[s]),
                                first_ts=float(self.start_ts[s]), verdict_ts=now, model_id=h.model_id,
-                               model_sha256=h.sha256, final=False, reason=reason, steps=int(self.steps_done[s])))
+                               model_sha256=h.sha256, final=False, reason=reason, steps=int(self.steps_done[s]),
+                               partial=bool(self.partial[s])))
             self.emitted[s] = True
             self.verdicts_by_class[h.classes[c]] += 1
         self.counters["verdicts"] += len(out)

@@ -15,6 +15,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 PREFIX = "trafficsnn"
 
 
+def _number(v: Any) -> float | None:
+    """``float(v)`` for a real number, else None (a value that would make the scrape fail)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    return float(v)
+
+
 class StatsCollector:
     """Exports a snapshot function's result: ``counters`` (name -> value or {label: value}) and ``gauges``."""
 
@@ -27,13 +34,20 @@ class StatsCollector:
             if isinstance(value, dict):
                 lname, values = value.get("_label", self.label), {k: v for k, v in value.items() if k != "_label"}
                 fam = CounterMetricFamily(f"{PREFIX}_{name}", f"{name} by {lname}", labels=[lname])
-                for k, v in sorted(values.items()):
-                    fam.add_metric([str(k)], float(v))
+                for k, v in sorted(values.items(), key=lambda kv: str(kv[0])):
+                    x = _number(v)
+                    if x is not None:  # one bad value never breaks the whole scrape
+                        fam.add_metric([str(k)], x)
             else:
-                fam = CounterMetricFamily(f"{PREFIX}_{name}", name.replace("_", " "), value=float(value))
+                x = _number(value)
+                if x is None:
+                    continue
+                fam = CounterMetricFamily(f"{PREFIX}_{name}", name.replace("_", " "), value=x)
             yield fam
         for name, value in snap.get("gauges", {}).items():
-            yield GaugeMetricFamily(f"{PREFIX}_{name}", name.replace("_", " "), value=float(value))
+            x = _number(value)
+            if x is not None:
+                yield GaugeMetricFamily(f"{PREFIX}_{name}", name.replace("_", " "), value=x)
         for name, value in snap.get("info", {}).items():
             fam = InfoMetricFamily(f"{PREFIX}_{name}", name.replace("_", " "))
             fam.add_metric([], {k: str(v) for k, v in value.items()})

@@ -6,6 +6,7 @@ JSON. Never imports torch.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -26,6 +27,21 @@ def _js(text: str) -> str:
     return json.dumps(text)
 
 
+def _num(x: float, digits: int | None = 6) -> float | None:
+    """A JSON-safe number: NaN and infinities become null (JSON has neither)."""
+    if not math.isfinite(x):
+        return None
+    return round(x, digits) if digits is not None else x
+
+
+def _f6(x: float) -> str:
+    return f"{x:.6f}" if math.isfinite(x) else "null"
+
+
+def _r(x: float) -> str:
+    return repr(x) if math.isfinite(x) else "null"
+
+
 @dataclass
 class Verdict:
     key: FlowKey
@@ -43,6 +59,7 @@ class Verdict:
     reason: str = ""
     steps: int = 0                      # SNN time steps the verdict is based on
     latency_s: float | None = None      # sender read time of the update's last packet -> verdict
+    partial: bool = False               # the flow's start or some of its updates never arrived
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -53,18 +70,19 @@ class Verdict:
             "flow": {"proto": k.proto, "client": _ip(k.client_hi, k.client_lo), "client_port": k.client_port,
                      "server": _ip(k.server_hi, k.server_lo), "server_port": k.server_port, "vlan": k.vlan},
             "class": self.label,
-            "confidence": round(self.confidence, 6),
-            "probabilities": {c: round(p, 6) for c, p in self.probabilities.items()},
+            "confidence": _num(self.confidence),
+            "probabilities": {c: _num(p) for c, p in self.probabilities.items()},
             "packets": self.packets,
-            "first_ts": self.first_ts,
-            "verdict_ts": self.verdict_ts,
+            "first_ts": _num(self.first_ts, None),
+            "verdict_ts": _num(self.verdict_ts, None),
             "final": self.final,
             "reason": self.reason,
             "steps": self.steps,
+            "partial": self.partial,
             "model": {"id": self.model_id, "sha256": self.model_sha256},
         }
         if self.latency_s is not None:
-            d["latency_ms"] = round(self.latency_s * 1e3, 3)
+            d["latency_ms"] = _num(self.latency_s * 1e3, 3)
         d.update(self.extra)
         return d
 
@@ -73,15 +91,15 @@ class Verdict:
         if self.extra:
             return json.dumps(self.to_dict(), separators=(",", ":"))
         k = self.key
-        probs = ",".join([f"{_js(c)}:{p:.6f}" for c, p in self.probabilities.items()])
-        lat = "" if self.latency_s is None else f',"latency_ms":{round(self.latency_s * 1e3, 3)!r}'
+        probs = ",".join([f"{_js(c)}:{_f6(p)}" for c, p in self.probabilities.items()])
+        lat = "" if self.latency_s is None else f',"latency_ms":{_r(round(self.latency_s * 1e3, 3))}'
         return (f'{{"sensor":{_js(self.sensor)},"flow_id":{self.flow_id},"flow":{{"proto":{k.proto},'
                 f'"client":"{_ip(k.client_hi, k.client_lo)}","client_port":{k.client_port},'
                 f'"server":"{_ip(k.server_hi, k.server_lo)}","server_port":{k.server_port},"vlan":{k.vlan}}},'
-                f'"class":{_js(self.label)},"confidence":{self.confidence:.6f},"probabilities":{{{probs}}},'
-                f'"packets":{self.packets},"first_ts":{self.first_ts!r},"verdict_ts":{self.verdict_ts!r},'
+                f'"class":{_js(self.label)},"confidence":{_f6(self.confidence)},"probabilities":{{{probs}}},'
+                f'"packets":{self.packets},"first_ts":{_r(self.first_ts)},"verdict_ts":{_r(self.verdict_ts)},'
                 f'"final":{"true" if self.final else "false"},"reason":{_js(self.reason)},"steps":{self.steps},'
-                f'"model":{{"id":{_js(self.model_id)},"sha256":{_js(self.model_sha256)}}}{lat}}}')
+                f'"partial":{"true" if self.partial else "false"},"model":{{"id":{_js(self.model_id)},"sha256":{_js(self.model_sha256)}}}{lat}}}')
 
 
 class Sink(Protocol):

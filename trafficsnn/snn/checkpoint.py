@@ -24,9 +24,9 @@ import torch
 
 from ..errors import ModelError
 from .device import resolve_device
-from .registry import encoder_for
 from .presets import PRESETS, encoding_spec
-from .registry import architecture
+from .registry import architecture, encoder_for
+from .spec_check import validate_spec
 
 FORMAT = "trafficsnn-snn"
 VERSION = 1
@@ -141,13 +141,14 @@ def load_checkpoint(path: str | os.PathLike | None = None, device: str | torch.d
         raise _fail(d, f"{SPEC} is missing")
     try:
         spec = json.loads(jpath.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise _fail(jpath, f"{SPEC} is not valid JSON: {exc}") from None
     if not isinstance(spec, dict) or spec.get("format") != FORMAT:
         raise _fail(jpath, f"not a trafficsnn SNN spec (format {spec.get('format') if isinstance(spec, dict) else None!r})")
     if spec.get("version") != VERSION:
         raise _fail(jpath, f"spec version {spec.get('version')!r} is not supported (expected {VERSION})",
                     "upgrade trafficsnn or re-train")
+    validate_spec(spec, jpath)  # types, ranges, depth, weights.file inside the directory
     try:
         winfo = spec["weights"]
         want_sha, tinfo = str(winfo["sha256"]), dict(winfo["tensors"])
