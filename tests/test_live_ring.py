@@ -265,3 +265,111 @@ def test_ring_captures_what_trafgen_sends(tmp_path):
         pb = Decoder().decode(next(b for b in got if len(b)))
         assert set(pb.dport.tolist()) == {port} and pb.sport.min() >= 20000 and pb.sport.max() <= 20049
         assert int(pb.ip_len[0]) == 20 + 8 + 18
+
+
+# ----------------------------------------------------------------------------- the agent: path choice, --workers
+def test_live_options_are_validated():
+    from trafficsnn.errors import ConfigError
+    from trafficsnn.serve.agent import AgentConfig
+
+    bad = [dict(pcap=("x.pcap",), workers=2), dict(iface="lo", workers=2, bind=("ipc:///tmp/x",), connect=()),
+           dict(iface="lo", workers=2, ring=False), dict(iface="lo", workers=0),
+           dict(iface="lo", ring_mb=0), dict(iface="lo", block_kb=5), dict(iface="lo", block_timeout_ms=0),
+           dict(iface="lo", fanout_group=1 << 16)]
+    for kw in bad:
+        cfg = AgentConfig(**{"connect": ("ipc:///tmp/x",), **kw})
+        with pytest.raises(ConfigError):
+            cfg.validate()
+    AgentConfig(iface="lo", connect=("ipc:///tmp/x",), workers=4, ring_mb=8, block_kb=256).validate()
+
+
+@live
+def test_open_live_says_which_path_runs_and_falls_back(monkeypatch):
+    from trafficsnn.packets import live as live_mod
+    from trafficsnn.packets import ring as ring_mod
+
+    src, line = live_mod.open_live("lo", bpf_filter="udp and port 9", ring_mb=1, block_kb=64)
+    src.close()
+    assert src.path == "ring" and "TPACKET_V3 ring, 16 blocks x 64 KiB" in line
+    src, line = live_mod.open_live("lo", bpf_filter="udp and port 9", ring=False)
+    src.close()
+    assert src.path == "socket" and "socket path" in line and "--no-ring" in line
+
+    def refuse(*a, **k):
+        raise ring_mod.RingUnavailable("lo", None, "PACKET_RX_RING: Invalid argument")
+
+    monkeypatch.setattr(ring_mod, "RingSource", refuse)
+    src, line = live_mod.open_live("lo", bpf_filter="udp and port 9")
+    src.close()
+    assert src.path == "socket" and "ring unavailable: PACKET_RX_RING: Invalid argument" in line
+
+
+@live
+def test_capture_workers_keep_flows_whole_and_send_every_final_update_on_sigterm(tmp_path):
+    import json
+    import signal
+    import sys
+
+    import zmq
+
+    from trafficsnn import wire
+
+    srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    srv.bind(("127.0.0.1", 0))
+    port = srv.getsockname()[1]
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    ep = f"ipc://{tmp_path}/u"
+    pull.bind(ep)
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(30)
+    env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify"), "PYTHONUNBUFFERED": "1"}
+    agent = subprocess.Popen([sys.executable, "-m", "trafficsnn.cli", "capture", "-i", "lo", "-f",
+                              f"udp and port {port}", "--connect", ep, "--sensor", "fan", "--workers", "2",
+                              "--ring-size", "2", "--ring-block", "64", "--every", "4"],
+                             stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert notify.recv(4096).startswith(b"READY=1"), "supervisor did not report READY"
+        clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(60)]
+        for _ in range(3):
+            for c in clients:
+                c.sendto(b"a" * 30, ("127.0.0.1", port))
+                d, a = srv.recvfrom(100)
+                srv.sendto(d, a)
+                c.recv(100)
+        time.sleep(0.3)
+        agent.send_signal(signal.SIGTERM)
+        _, err = agent.communicate(timeout=60)
+        assert agent.returncode == 0, err
+        assert err.count("TPACKET_V3 ring") == 2 and "fanout group" in err
+        out = json.loads(err.strip().splitlines()[-1])
+        assert out["live_path"] == "ring" and set(out["workers"]) == {"0", "1"}
+        for k in ("packets", "kernel_packets", "updates_sent", "flows_ended"):
+            assert out["capture"][k] == sum(w[k] for w in out["workers"].values())
+        assert out["capture"]["packets"] == 360 and out["capture"]["kernel_drops"] == 0
+        per_flow: dict[tuple, int] = {}
+        finals: dict[tuple, int] = {}
+        eos = set()
+        while pull.poll(2000):
+            msg = wire.decode(pull.recv_multipart(copy=False))
+            if isinstance(msg, wire.UpdateBatch):
+                for u in msg.updates():
+                    k = (msg.sensor, u.flow_id)
+                    per_flow[k] = per_flow.get(k, 0) + len(u)
+                    finals[k] = finals.get(k, 0) + int(u.final)
+            elif msg.eos:
+                eos.add(msg.sensor)
+                if len(eos) == 2:
+                    break
+        assert eos == {"fan/w0", "fan/w1"}
+        assert len(per_flow) == 60 and set(per_flow.values()) == {6}  # both directions in one flow, one worker
+        assert set(finals.values()) == {1}
+        assert {s for s, _ in per_flow} == {"fan/w0", "fan/w1"}
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+        pull.close(0)
+        ctx.term()
+        notify.close()
+        srv.close()

@@ -71,6 +71,10 @@ ALIGN = 8                # V3_ALIGNMENT: frames of a block start on 8-byte bound
 _ARPHRD_DLT = {1: 1, 772: 1, 65534: 101, 776: 113, 778: 113, 823: 113}
 
 
+class RingUnavailable(CaptureError):
+    """This kernel or interface cannot give a TPACKET_V3 ring: the socket path may take over."""
+
+
 def _dlt_of(hatype: int) -> int:
     if hatype in _ARPHRD_DLT:
         return _ARPHRD_DLT[hatype]
@@ -156,12 +160,12 @@ class RingSource:
             req = struct.pack("7I", self.block_size, self.block_nr, frame,
                               self.block_size // frame * self.block_nr, self.block_timeout_ms, 0, 0)
             s.setsockopt(SOL_PACKET, PACKET_RX_RING, req)
+            self._mm = mmap.mmap(s.fileno(), self.block_size * self.block_nr, mmap.MAP_SHARED,
+                                 mmap.PROT_READ | mmap.PROT_WRITE)
         except OSError as err:
-            raise CaptureError(iface, None, f"cannot set up a TPACKET_V3 ring of "
-                               f"{self.block_nr} x {self.block_size >> 10} KiB: {err}",
-                               "try a smaller --ring-size, or --no-ring for the socket path") from err
-        self._mm = mmap.mmap(s.fileno(), self.block_size * self.block_nr, mmap.MAP_SHARED,
-                             mmap.PROT_READ | mmap.PROT_WRITE)
+            raise RingUnavailable(iface, None, f"cannot set up a TPACKET_V3 ring of "
+                                  f"{self.block_nr} x {self.block_size >> 10} KiB: {err}",
+                                  "try a smaller --ring-size, or --no-ring for the socket path") from err
         self._ring = np.frombuffer(self._mm, dtype=np.uint8)
         self._u32 = self._ring.view(np.uint32)
         try:
