@@ -202,6 +202,7 @@ class RingSource:
         timeout = self.timeout if timeout is None else timeout
         u32, bs, nb = self._u32, self.block_size, self.block_nr
         parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        taken: list[int] = []
         waited = False
         while len(parts) < self.max_blocks:
             base = self._cur * bs
@@ -218,10 +219,13 @@ class RingSource:
                 waited = True
                 continue
             parts.append(self._take_block(base))
-            u32[(base + 8) >> 2] = TP_STATUS_KERNEL  # hand the block back
+            taken.append(base)
             self._cur = (self._cur + 1) % nb
             self.blocks += 1
-        return self._batch(parts)
+        fb = self._batch(parts)  # copies the frames out of the ring
+        for base in taken:
+            u32[(base + 8) >> 2] = TP_STATUS_KERNEL  # hand the block back
+        return fb
 
     def _raise_socket_error(self) -> None:
         err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
@@ -232,7 +236,7 @@ class RingSource:
 
     def _take_block(self, base: int):
         blk = self._ring[base:base + self.block_size]
-        data, off, caplen, wire, ts = parse_block(blk, self.ifindex)
+        data, off, caplen, wire, ts = parse_block(blk, self.ifindex, copy=False)  # _batch copies
         if off is None:  # headers did not check out: walk the chain exactly
             self.slow_blocks += 1
             data, off, caplen, wire, ts = walk_block(blk)
@@ -245,6 +249,7 @@ class RingSource:
                               ts=np.empty(0, np.float64), linktype=np.empty(0, np.uint16))
         if len(parts) == 1:
             data, off, caplen, wire, ts = parts[0]
+            data = np.array(data)  # out of the ring before the block goes back (parse_block copy=False)
         else:
             shift = np.cumsum([0] + [p[0].shape[0] for p in parts[:-1]])
             data = np.concatenate([p[0] for p in parts])
@@ -317,12 +322,14 @@ _EMPTY = (np.empty(0, np.uint8), np.empty(0, np.int64), np.empty(0, np.uint32), 
           np.empty(0, np.float64))
 
 
-def parse_block(blk: np.ndarray, ifindex: int | None = None):
+def parse_block(blk: np.ndarray, ifindex: int | None = None, copy: bool = True):
     """All frames of one TPACKET_V3 block (uint8 array of the whole block), vectorised.
 
-    Returns ``(data, offset, caplen, wire_len, ts)`` where ``data`` is a copy of
-    the block's used bytes and the frames lie in it; or a tuple of ``None``s when
-    the headers do not form the announced chain (then use ``walk_block``).
+    Returns ``(data, offset, caplen, wire_len, ts)`` where ``data`` holds the
+    block's used bytes and the frames lie in it (with ``copy=False`` it may be a
+    view into the block: copy it before the block goes back to the kernel); or a
+    tuple of ``None``s when the headers do not form the announced chain (then use
+    ``walk_block``).
     Kernel-stripped VLAN tags are put back into the frames, as libpcap does."""
     w = blk.view(np.uint32)
     npk, first, blen = int(w[3]), int(w[4]), int(w[5])
@@ -341,7 +348,8 @@ def parse_block(blk: np.ndarray, ifindex: int | None = None):
         tail = w[r0:]
         rows.reshape(-1)[:tail.shape[0]] = tail
     # cheap first cut over every position (sll_family == AF_PACKET), the full check on what is left
-    idx = np.flatnonzero((rows[6:nrow + 6, 0] & 0xFFFF) == AF_PACKET)
+    fam = blk[first + TP3_HDR:first + TP3_HDR + nrow * ALIGN].view(np.uint16)[::ALIGN // 2]
+    idx = np.flatnonzero(fam == AF_PACKET)
     nxt, snap, status = rows[idx, 0], rows[idx + 1, 1], rows[idx + 2, 1]
     mac = rows[idx + 3, 0] & 0xFFFF
     link = (mac + snap + (ALIGN - 1)) & ~np.uint32(ALIGN - 1)
@@ -372,9 +380,9 @@ def parse_block(blk: np.ndarray, ifindex: int | None = None):
     st = rows[idx + 2, 1]
     if int(pos[-1]) + int(mac[-1]) + int(caplen[-1]) > blen - first:
         return None, None, None, None, None
-    data = blk[first:blen].copy()
     off = pos + mac
     vlan = (st & TP_STATUS_VLAN_VALID) != 0
+    data = blk[first:blen].copy() if copy or vlan.any() else blk[first:blen]
     if vlan.any():
         tv = rows[idx + 4]             # tp_vlan_tci, tp_vlan_tpid | padding
         off, caplen, wire = _insert_vlan(data, off, caplen, wire, vlan, tv[:, 0] & 0xFFFF,
