@@ -5,7 +5,8 @@ loopback of a network namespace this script creates (and removes at the end), wh
 ``trafficsnn capture`` and ``tcpdump`` capture the very same packets side by side.
 For each run it prints offered packets/s, packets captured, kernel drops and capture
 CPU-seconds per million packets (user + system of the capture process and its
-workers, from wait4), for trafficsnn and tcpdump. A ZeroMQ PULL sink in this
+workers, from /proc, from just before the load
+starts until both have drained it: start-up and shutdown left out), for trafficsnn and tcpdump. A ZeroMQ PULL sink in this
 process drains the agent's updates (a real consumer, not dropped sends).
 
 Mixes: about 100 flows (source ports 10000..10099) and about 50 k flows
@@ -55,6 +56,35 @@ def wait_rusage(p: subprocess.Popen, timeout: float = 60) -> float:
         if time.monotonic() > deadline:
             p.kill()
         time.sleep(0.02)
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) so far of a process and all its descendants, from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            f = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(f[11]) + int(f[12])) / tick
+            for t in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(x) for x in (t / "children").read_text().split()]
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+def settle(pids: list[int], limit: float = 15.0) -> None:
+    """Wait until the capture processes go idle (their backlog drained), at most ``limit`` s."""
+    last, quiet, t0 = None, 0, time.monotonic()
+    while time.monotonic() - t0 < limit and quiet < 3:
+        time.sleep(0.2)
+        now = [tree_cpu(p) for p in pids]
+        if last is not None and all(b - a < 0.02 for a, b in zip(last, now)):
+            quiet += 1
+        else:
+            quiet = 0
+        last = now
 
 
 def trafgen_cfg(path: Path, flows: int) -> None:
@@ -109,15 +139,19 @@ def one_run(tmp: Path, *, flows: int, packets: int, path: str, threads: int = 1,
           "--no-sock-mem", "--notouch-irq", "--no-cpu-stats"]
     if rate:
         tg += ["-b", rate]
+    settle([cap.pid, tcpd.pid], limit=5.0)
+    cpu0 = tree_cpu(cap.pid), tree_cpu(tcpd.pid)
     t0 = time.monotonic()
     r = subprocess.run(ns(tg), capture_output=True, text=True, timeout=120)
     gen_s = time.monotonic() - t0
-    time.sleep(1.0)  # let both drain
+    settle([cap.pid, tcpd.pid])  # both drain their backlog
+    # CPU while the load ran and drained: start-up (imports, ring set-up) and shutdown left out
+    cap_cpu, td_cpu = tree_cpu(cap.pid) - cpu0[0], tree_cpu(tcpd.pid) - cpu0[1]
     for p in (cap, tcpd):
         os.kill(p.pid, signal.SIGTERM)  # ip netns exec execs the command: this is the process itself
-    cap_cpu = wait_rusage(cap)
+    wait_rusage(cap)
     cap_err = cap.stderr.read()
-    td_cpu = wait_rusage(tcpd)
+    wait_rusage(tcpd)
     td_err = tcpd.stderr.read()
     sink.close()
     out = json.loads(cap_err.strip().splitlines()[-1]) if cap_err.strip().startswith("{") or "{" in cap_err else {}
