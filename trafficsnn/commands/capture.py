@@ -24,6 +24,21 @@ from ._options import flow_table_options
               help="Bytes kept per frame; headers only, payload is never read.")
 @click.option("--promisc/--no-promisc", default=False, show_default=True,
               help="Promiscuous mode (needs CAP_NET_ADMIN as well as CAP_NET_RAW).")
+@click.option("--ring/--no-ring", default=True, show_default=True,
+              help="Live: read through a TPACKET_V3 ring (whole blocks, as libpcap does); --no-ring (or a "
+                   "kernel without the ring) uses a raw socket, one recvmsg per packet. The path taken is logged.")
+@click.option("--ring-size", "ring_mb", type=float, default=64.0, show_default=True, metavar="MiB",
+              help="Live: ring memory per capture process; it absorbs bursts while the process is busy.")
+@click.option("--ring-block", "block_kb", type=int, default=1024, show_default=True, metavar="KiB",
+              help="Live: ring block size (a multiple of the page size).")
+@click.option("--block-timeout", "block_timeout_ms", type=int, default=10, show_default=True, metavar="MS",
+              help="Live: hand a partly filled block over after this long (bounds the added latency).")
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="Live: capture processes in one PACKET_FANOUT hash group; the kernel sends both directions "
+                   "of a flow to the same one, each keeps its own flow table and sends as SENSOR/wI.")
+@click.option("--fanout-group", type=int, default=None, metavar="ID",
+              help="Live: PACKET_FANOUT group id, 0..65535 (default with --workers > 1: from the process id). "
+                   "Separate agents given one id share the traffic the same way.")
 @click.option("--connect", multiple=True, metavar="ENDPOINT",
               help="ZeroMQ endpoint of the classifier to send updates to, e.g. ipc:///run/trafficsnn/updates. "
                    "Repeat for classifier shards: each flow always goes to the same one.")
@@ -43,7 +58,8 @@ from ._options import flow_table_options
 @click.option("--curve-server", type=click.Path(dir_okay=False), help="The classifier's public CURVE .key file.")
 @click.option("-q", "--quiet", is_flag=True, help="Do not print the counters at exit.")
 @click.option("-v", "--verbose", is_flag=True, help="Log more.")
-def command(interface, pcap, speed, pps, bpf_filter, snaplen, promisc, connect, bind, sensor, every, window,
+def command(interface, pcap, speed, pps, bpf_filter, snaplen, promisc, ring, ring_mb, block_kb, block_timeout_ms,
+            workers, fanout_group, connect, bind, sensor, every, window,
             idle_timeout, active_timeout, max_flows, hwm, lossless, metrics_port, metrics_addr,
             curve_secret, curve_server, quiet, verbose) -> None:
     """Capture packets, track flows and stream flow updates to a classifier over ZeroMQ.
@@ -51,6 +67,8 @@ def command(interface, pcap, speed, pps, bpf_filter, snaplen, promisc, connect, 
     \b
     Live (needs CAP_NET_RAW only):
       trafficsnn capture -i eth0 -f "tcp or udp" --connect ipc:///run/trafficsnn/updates
+    Live on two cores, flows split by a kernel hash (PACKET_FANOUT):
+      trafficsnn capture -i eth0 --workers 2 --ring-size 128 --connect ipc:///run/trafficsnn/updates
     From a file, as fast as possible or at recorded speed:
       trafficsnn capture --pcap trace.pcap --speed 1.0 --connect tcp://classifier:5555
 
@@ -62,12 +80,14 @@ def command(interface, pcap, speed, pps, bpf_filter, snaplen, promisc, connect, 
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="trafficsnn capture: %(levelname)s %(message)s")
+    logging.getLogger("trafficsnn.serve.agent").setLevel(logging.INFO)  # which live path runs, always
     cfg = AgentConfig(iface=interface, pcap=tuple(pcap), speed=speed or None, pps=pps, bpf_filter=bpf_filter,
                       snaplen=snaplen, promisc=promisc, connect=tuple(connect), bind=tuple(bind),
                       every=every, window=window or None, idle_timeout=idle_timeout or None,
                       active_timeout=active_timeout or None, max_flows=max_flows or None, hwm=hwm, lossless=lossless,
                       metrics_port=metrics_port, metrics_addr=metrics_addr, curve_secret=curve_secret,
-                      curve_server=curve_server)
+                      curve_server=curve_server, ring=ring, ring_mb=ring_mb, block_kb=block_kb,
+                      block_timeout_ms=block_timeout_ms, workers=workers, fanout_group=fanout_group)
     if sensor:
         cfg.sensor = sensor
     run_agent(cfg, quiet=quiet)

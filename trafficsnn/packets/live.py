@@ -1,6 +1,10 @@
 """Live capture from a network interface into ``FrameBatch``es.
 
-Opens scapy's layer-2 listening socket (``conf.L2listen``: an ``AF_PACKET`` raw
+``open_live`` picks the path: the TPACKET_V3 ring of ``ring.py`` (whole
+blocks per call, what libpcap does) unless it is turned off or the kernel
+refuses it, then the socket path below, and says which one runs.
+
+The socket path (``LiveSource``) opens scapy's layer-2 listening socket (``conf.L2listen``: an ``AF_PACKET`` raw
 socket) so scapy attaches the kernel BPF filter (compiled through libpcap) and
 optional promiscuous membership, then reads the raw frames straight off that
 socket with ``recvmsg_into``: no scapy packet object and no dissection per
@@ -122,6 +126,8 @@ class LiveSource:
     waiting at most ``timeout`` seconds for the first one; an empty batch means
     the link was quiet, so the caller can advance its clock.
     """
+
+    path = "socket"
 
     def __init__(self, iface: str, *, bpf_filter: str | None = None, snaplen: int = 256, promisc: bool = False,
                  batch_size: int = 8192, timeout: float = 0.1, rcvbuf: int = 64 << 20,
@@ -257,6 +263,35 @@ class LiveSource:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def open_live(iface: str, *, bpf_filter: str | None = None, snaplen: int = 256, promisc: bool = False,
+              ring: bool = True, ring_mb: float = 64, block_kb: int = 1024, block_timeout_ms: int = 10,
+              fanout_group: int | None = None, batch_size: int = 8192, timeout: float = 0.1):
+    """A live source on ``iface`` and one line saying which path runs.
+
+    The TPACKET_V3 ring when ``ring`` (default) and the kernel gives one; otherwise
+    the socket path (one ``recvmsg`` per packet). A fanout group needs the ring."""
+    why = "turned off (--no-ring)"
+    if ring:
+        from .ring import RingSource, RingUnavailable
+
+        try:
+            src = RingSource(iface, bpf_filter=bpf_filter, snaplen=snaplen, promisc=promisc, ring_mb=ring_mb,
+                             block_kb=block_kb, block_timeout_ms=block_timeout_ms, fanout_group=fanout_group,
+                             timeout=timeout)
+            fan = f", fanout group {fanout_group} (hash)" if fanout_group is not None else ""
+            return src, (f"live capture on {iface}: TPACKET_V3 ring, {src.block_nr} blocks x "
+                         f"{src.block_size >> 10} KiB, block timeout {block_timeout_ms} ms{fan}")
+        except RingUnavailable as err:
+            if fanout_group is not None:
+                raise
+            why = f"ring unavailable: {err.reason}"
+    elif fanout_group is not None:
+        raise ValueError("a fanout group (--workers > 1 or --fanout-group) needs the ring path")
+    src = LiveSource(iface, bpf_filter=bpf_filter, snaplen=snaplen, promisc=promisc, batch_size=batch_size,
+                     timeout=timeout)
+    return src, f"live capture on {iface}: socket path, one recvmsg per packet ({why})"
 
 
 def can_capture(iface: str = "lo") -> tuple[bool, str]:

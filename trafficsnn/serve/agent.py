@@ -59,6 +59,13 @@ class AgentConfig:
     curve_secret: str | None = None
     curve_server: str | None = None
     read_batch: int = 8192
+    # live capture path (see packets/ring.py): the TPACKET_V3 ring unless ring=False or the kernel refuses
+    ring: bool = True
+    ring_mb: float = 64.0               # ring memory per capture process
+    block_kb: int = 1024                # ring block size; a block is handed over when full or after the timeout
+    block_timeout_ms: int = 10
+    workers: int = 1                    # capture processes in one PACKET_FANOUT (hash) group, each its own table
+    fanout_group: int | None = None     # the group id (default with workers > 1: from the process id)
     lossless_linger_s: float = 600.0    # lossless: how long closing waits for queued messages to leave
 
     def validate(self) -> None:
@@ -78,6 +85,28 @@ class AgentConfig:
             raise ConfigError("give --speed or --pps, not both")
         if bool(self.curve_secret) != bool(self.curve_server):
             raise ConfigError("CURVE needs both --curve-secret (own .key_secret) and --curve-server (server .key)")
+        self._validate_live()
+
+    def _validate_live(self) -> None:
+        from ..packets.ring import ring_geometry
+
+        try:
+            ring_geometry(self.ring_mb, self.block_kb)
+        except ValueError as err:
+            raise ConfigError(f"--ring-size/--ring-block: {err}") from None
+        if not 1 <= self.block_timeout_ms <= 60000:
+            raise ConfigError(f"--block-timeout must be within 1..60000 ms, got {self.block_timeout_ms}")
+        if self.workers < 1:
+            raise ConfigError(f"--workers must be >= 1, got {self.workers}")
+        if self.fanout_group is not None and not 0 <= self.fanout_group <= 0xFFFF:
+            raise ConfigError(f"--fanout-group must be within 0..65535, got {self.fanout_group}")
+        if self.workers > 1 or self.fanout_group is not None:
+            if not self.iface:
+                raise ConfigError("--workers/--fanout-group are for live capture (-i IFACE), not --pcap")
+            if not self.ring:
+                raise ConfigError("--workers/--fanout-group need the ring path (drop --no-ring)")
+        if self.workers > 1 and self.bind:
+            raise ConfigError("--workers > 1 needs --connect: several processes cannot bind one endpoint")
 
 
 class CaptureAgent:
@@ -105,6 +134,10 @@ class CaptureAgent:
         self._pending: list[FlowUpdate] = []
         self._walls: list[float] = []
         self._pending_since = 0.0
+        self.live_path = ""
+        # --workers: a worker reports ("ready"|"stats", snapshot) to its supervisor through this
+        self.report: Any = None
+        self._last_report = 0.0
         # several endpoints = classifier shards: one socket each, every flow always to the same one
         # (a classifier keeps per-flow state); a single PUSH would round-robin a flow's updates
         eps = [("bind", ep) for ep in cfg.bind] + [("connect", ep) for ep in cfg.connect]
@@ -141,10 +174,14 @@ class CaptureAgent:
         """FrameBatches from the source; an empty batch marks a quiet moment (live) for the clock."""
         cfg = self.cfg
         if cfg.iface:
-            from ..packets.live import LiveSource
+            from ..packets.live import open_live
 
-            self.source = LiveSource(cfg.iface, bpf_filter=cfg.bpf_filter, snaplen=cfg.snaplen,
-                                     promisc=cfg.promisc, batch_size=cfg.read_batch, timeout=0.1)
+            self.source, line = open_live(cfg.iface, bpf_filter=cfg.bpf_filter, snaplen=cfg.snaplen,
+                                          promisc=cfg.promisc, ring=cfg.ring, ring_mb=cfg.ring_mb,
+                                          block_kb=cfg.block_kb, block_timeout_ms=cfg.block_timeout_ms,
+                                          fanout_group=cfg.fanout_group, batch_size=cfg.read_batch, timeout=0.1)
+            self.live_path = self.source.path
+            log.info("%s%s", f"[{cfg.sensor}] " if self.report else "", line)
             self.ready()
             try:
                 while not self._stop.is_set():
@@ -221,6 +258,8 @@ class CaptureAgent:
     def ready(self) -> None:
         src = self.cfg.iface or ",".join(self.cfg.pcap)
         self.notifier.ready(f"capturing from {src}")
+        if self.report:
+            self.report("ready", self.snapshot())
 
     # ------------------------------------------------------------- main loop
     def run(self) -> dict[str, Any]:
@@ -269,6 +308,9 @@ class CaptureAgent:
 
     def _housekeeping(self, now: float) -> None:
         self.notifier.watchdog(now)
+        if self.report and now - self._last_report >= 0.5:
+            self.report("stats", self.snapshot())
+            self._last_report = now
         if self._dump.is_set():
             self._dump.clear()
             log.warning("stats %s", json.dumps(self.snapshot()["counters"], sort_keys=True))
@@ -398,7 +440,7 @@ class CaptureAgent:
             gauges = {"flows_active": len(table), "table_bytes": table.memory_bytes()}
         if self._decoder is not None:
             c["decode"] = {k: v for k, v in self._decoder.stats.items() if isinstance(v, (int, float))}
-        return {"counters": c, "gauges": gauges}
+        return {"counters": c, "gauges": gauges, "live_path": self.live_path}
 
     def prometheus_snapshot(self) -> dict[str, Any]:
         snap = self.snapshot()
@@ -426,9 +468,174 @@ def _slice(fb: Any, a: int, b: int) -> Any:
 
 def run_agent(cfg: AgentConfig, *, quiet: bool = False) -> dict[str, Any]:
     """CLI entry: run with signal handlers; counters to stderr at exit."""
+    if cfg.workers > 1:
+        return run_workers(cfg, quiet=quiet)
     agent = CaptureAgent(cfg)
     agent.install_signals()
     snap = agent.run()
     if not quiet:
-        print(json.dumps({"capture": snap["counters"]}, sort_keys=True), file=sys.stderr)
+        out: dict[str, Any] = {"capture": snap["counters"]}
+        if snap.get("live_path"):
+            out["live_path"] = snap["live_path"]
+        print(json.dumps(out, sort_keys=True), file=sys.stderr)
+    return snap
+
+
+# ----------------------------------------------------------------------------- --workers N
+def _sum_counters(snaps: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for c in snaps:
+        for k, v in c.items():
+            if isinstance(v, dict):
+                out[k] = _sum_counters([out.get(k, {}), v])
+            elif isinstance(v, (int, float)):
+                out[k] = out.get(k, 0) + v
+    return out
+
+
+def _worker_main(cfg: AgentConfig, index: int, conn: Any) -> None:
+    """One fanout worker: a whole capture agent (own flow table, own ZeroMQ sockets) in a child process."""
+    import os
+
+    for var in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):  # the supervisor talks to systemd
+        os.environ.pop(var, None)
+    code = 0
+    try:
+        agent = CaptureAgent(cfg)
+        agent.install_signals()
+        agent.report = lambda kind, snap: conn.send((kind, index, snap))
+        snap = agent.run()
+        conn.send(("final", index, snap))
+    except Exception as err:  # noqa: BLE001 - reported to the supervisor, which prints it
+        from ..errors import TrafficSNNError
+
+        conn.send(("error", index, str(err) if isinstance(err, TrafficSNNError) else f"{type(err).__name__}: {err}"))
+        code = 2
+    finally:
+        conn.close()
+    os._exit(code)  # no atexit handlers inherited from the supervisor
+
+
+def run_workers(cfg: AgentConfig, *, quiet: bool = False) -> dict[str, Any]:
+    """``--workers N``: N capture processes in one PACKET_FANOUT hash group on ``cfg.iface``.
+
+    The kernel hashes each packet's flow symmetrically, so both directions of a flow reach
+    the same worker, whose flow table owns that flow; a worker sends under the sensor id
+    ``SENSOR/wI`` (the classifier keeps flow state per sensor and flow id, and each table
+    numbers its own flows), so classifier shards still get each flow from one place. This
+    process supervises: it reports READY and feeds the watchdog for systemd, passes SIGTERM
+    on (each worker then ends its flows and sends their final updates), serves the metrics
+    (summed and per worker) and prints the summed counters at exit."""
+    import dataclasses
+    import multiprocessing as mp
+    import os
+    from multiprocessing.connection import wait as mp_wait
+
+    from ..errors import TrafficSNNError
+
+    cfg.validate()
+    group = cfg.fanout_group if cfg.fanout_group is not None else (os.getpid() & 0xFFFF)
+    ctx = mp.get_context("fork")  # no thread and no ZeroMQ context exist yet in this process
+    procs, conns = [], []
+    for i in range(cfg.workers):
+        wcfg = dataclasses.replace(cfg, workers=1, fanout_group=group, sensor=f"{cfg.sensor}/w{i}",
+                                   metrics_port=None)
+        r, w = ctx.Pipe(duplex=False)
+        p = ctx.Process(target=_worker_main, args=(wcfg, i, w), name=f"trafficsnn-capture-w{i}", daemon=False)
+        p.start()
+        w.close()
+        procs.append(p)
+        conns.append(r)
+    stop, dump = threading.Event(), threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGUSR1, lambda *_: dump.set())
+    notifier = Notifier()
+    snaps: dict[int, dict[str, Any]] = {}
+    final: dict[int, dict[str, Any]] = {}
+    ready: set[int] = set()
+    errors: list[str] = []
+    path = ""
+
+    def merged() -> dict[str, Any]:
+        per = [snaps[i] for i in sorted(snaps)]
+        return {"counters": _sum_counters([s["counters"] for s in per]),
+                "gauges": _sum_counters([s["gauges"] for s in per]),
+                "workers": {i: snaps[i]["counters"] for i in sorted(snaps)}, "live_path": path}
+
+    def prometheus() -> dict[str, Any]:
+        m = merged()
+        counters: dict[str, Any] = {}
+        for k, v in m["counters"].items():
+            if k == "decode":
+                counters["capture_decode_total"] = {**v, "_label": "outcome"}
+            elif k != "pending_updates":
+                counters[f"capture_{k}_total"] = v
+                counters[f"capture_worker_{k}_total"] = {
+                    **{str(i): c.get(k, 0) for i, c in m["workers"].items()}, "_label": "worker"}
+        gauges = {f"capture_{k}": v for k, v in m["gauges"].items()}
+        gauges["capture_workers"] = len(procs)
+        return {"counters": counters, "gauges": gauges}
+
+    metrics = None
+    if cfg.metrics_port:
+        from .metrics import Metrics
+
+        metrics = Metrics(prometheus)
+        metrics.serve(cfg.metrics_port, cfg.metrics_addr)
+    told = False
+    try:
+        live = list(conns)
+        while live:
+            for c in mp_wait(live, timeout=0.2):
+                try:
+                    kind, i, payload = c.recv()
+                except (EOFError, OSError):
+                    live.remove(c)
+                    continue
+                if kind == "error":
+                    errors.append(f"worker {i}: {payload}")
+                    stop.set()
+                    continue
+                snaps[i] = payload
+                path = payload.get("live_path") or path
+                if kind == "final":
+                    final[i] = payload
+                elif kind == "ready" and i not in ready:
+                    ready.add(i)
+                    if len(ready) == len(procs):
+                        notifier.ready(f"capturing from {cfg.iface} with {len(procs)} fanout workers "
+                                       f"(group {group})")
+            if any(p.exitcode not in (None, 0) for p in procs) and not errors and not told:
+                errors.append("a capture worker died: "
+                              + ", ".join(f"w{i} exit {p.exitcode}" for i, p in enumerate(procs) if p.exitcode))
+                stop.set()
+            if stop.is_set() and not told:
+                notifier.stopping("workers flushing flows")
+                for p in procs:
+                    if p.is_alive():
+                        os.kill(p.pid, signal.SIGTERM)
+                told = True
+            notifier.watchdog(time.monotonic())
+            if dump.is_set():
+                dump.clear()
+                m = merged()
+                log.warning("stats %s", json.dumps({"total": m["counters"], "workers": m["workers"]},
+                                                   sort_keys=True))
+                notifier.status(f"{m['counters'].get('packets', 0)} packets, "
+                                f"{m['counters'].get('updates_sent', 0)} updates sent ({len(procs)} workers)")
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+                p.join()
+        if metrics is not None:
+            metrics.close()
+    snap = merged() if snaps else {"counters": {}, "gauges": {}, "workers": {}, "live_path": path}
+    if not quiet:
+        print(json.dumps({"capture": snap["counters"], "workers": {str(k): v for k, v in snap["workers"].items()},
+                          "live_path": path}, sort_keys=True), file=sys.stderr)
+    if errors:
+        raise TrafficSNNError("; ".join(errors))
     return snap
