@@ -143,6 +143,17 @@ def balanced_indices(y: np.ndarray, rng: np.random.Generator, n: int | None = No
     return rng.choice(len(y), size=len(y) if n is None else int(n), replace=True, p=w / w.sum())
 
 
+def capture_balanced_indices(y: np.ndarray, capture: np.ndarray, rng: np.random.Generator, n: int) -> np.ndarray:
+    """Draw ``n`` samples with replacement: every class the same total weight and, inside a
+    class, a capture with m flows weighs sqrt(m) instead of m, so a few large captures
+    (63 gnutella flows) do not teach the network one capture instead of its class."""
+    _, cap_id, cap_n = np.unique(capture, return_inverse=True, return_counts=True)
+    w = 1.0 / np.sqrt(cap_n[cap_id])
+    per_class = np.bincount(y, weights=w)
+    w = w / per_class[y]
+    return rng.choice(len(y), size=int(n), replace=True, p=w / w.sum())
+
+
 def augment(ds, idx, rng: np.random.Generator, prefix: float = 0.5, drop: float = 0.1):
     """Training-time copies of samples ``idx``: random flow prefixes and packet thinning.
 
@@ -317,6 +328,8 @@ def fit_torch(
         ep_rng = np.random.default_rng([cfg.seed, epoch])
         if r.get("sampler", "balanced") == "shuffle":   # plain epochs (pair with class_weight)
             order = np.resize(ep_rng.permutation(len(train_set.y)), n_epoch)
+        elif r.get("sampler") == "capture":
+            order = capture_balanced_indices(train_set.y, train_set.capture, ep_rng, n_epoch)
         else:
             order = balanced_indices(train_set.y, ep_rng, n_epoch)
         aug_rng = np.random.default_rng([cfg.seed, epoch, 1])
