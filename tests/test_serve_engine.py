@@ -167,3 +167,23 @@ def test_packet_clocked_model_streams_pieces_equal_whole_and_answers_after_every
     np.testing.assert_allclose(np.stack(got), prefix, rtol=1e-4, atol=1e-6)
     assert np.ptp(np.stack(got), axis=0).max() > 1e-3   # the verdict moves as packets arrive
     assert eng.active_flows == 0
+
+
+def test_unknown_verdict_below_the_models_threshold(packet_handle):
+    import dataclasses
+
+    from trafficsnn.train.loop import unknown_threshold
+
+    rng = np.random.default_rng(9)
+    key, ts, size, d = _flow(rng, 2, 12, 1.0)
+    msg = [wire.decode(wire.encode_updates(_updates(key, 2, ts, size, d, []), sensor="s"))]
+    sure = StreamingClassifier(dataclasses.replace(packet_handle, unknown_below=0.0), emit="final").process(msg)
+    never = StreamingClassifier(dataclasses.replace(packet_handle, unknown_below=1.01), emit="final")
+    v = never.process(msg)
+    assert sure[0].label in packet_handle.classes
+    assert v[0].label == "unknown" and v[0].to_dict()["best_class"] == sure[0].label
+    assert never.verdicts_by_class["unknown"] == 1
+    # chosen on validation: keeps 90 % of the right verdicts
+    logits = np.array([[3.0, 0, 0], [0.2, 0, 0], [0, 2.0, 0], [0, 0, 0.1], [1.0, 0, 0]])
+    t = unknown_threshold(logits, np.array([0, 0, 1, 0, 2]), 1.0)
+    assert 0.33 < t < 0.5

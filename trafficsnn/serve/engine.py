@@ -40,6 +40,7 @@ from .sinks import Verdict
 log = logging.getLogger(__name__)
 
 EMIT_MODES = ("first", "update", "final")
+UNKNOWN = "unknown"   # open-set verdict: no class is likely enough
 
 
 @dataclass
@@ -52,6 +53,7 @@ class ModelHandle:
     classes: list[str]
     encoder: Any
     temperature: float
+    unknown_below: float = 0.0   # confidence under which a verdict says "unknown" (chosen on validation)
 
     @classmethod
     def load(cls, path: str | Path | None, device: str | torch.device = "cpu") -> "ModelHandle":
@@ -66,7 +68,12 @@ class ModelHandle:
         lm.model.eval()
         spec = lm.spec
         model_id = str(spec.get("name") or spec.get("model_id") or Path(lm.path or p).name or "model")
-        return cls(lm, model_id, lm.sha256, list(lm.classes), enc, float(getattr(lm, "temperature", 1.0) or 1.0))
+        return cls(lm, model_id, lm.sha256, list(lm.classes), enc, float(getattr(lm, "temperature", 1.0) or 1.0),
+                   float(spec.get("unknown_threshold", 0.0) or 0.0))
+
+    def label_of(self, c: int, confidence: float) -> str:
+        """The class name, or ``unknown`` when the model is less confident than its threshold."""
+        return UNKNOWN if confidence < self.unknown_below else self.classes[c]
 
     @property
     def model(self) -> Any:
@@ -559,14 +566,16 @@ class StreamingClassifier:
         partial = self.partial[sl].tolist()
         sens = [sensors[i] for i in ui.tolist()]
         mid, sha = h.model_id, h.sha256
-        out = [Verdict(key=FlowKey(*kc), flow_id=fids[n], sensor=sens[n], label=classes[labels[n]],
+        names = [h.label_of(c, p) for c, p in zip(labels, confs)]
+        out = [Verdict(key=FlowKey(*kc), flow_id=fids[n], sensor=sens[n], label=names[n],
+                       extra={"best_class": classes[labels[n]]} if names[n] == UNKNOWN else {},
                        confidence=confs[n], probabilities=dict(zip(classes, prob_rows[n])), packets=pk[n],
                        first_ts=st0[n], verdict_ts=now, model_id=mid, model_sha256=sha, final=finals[n],
                        reason=REASONS[reasons[n]], steps=steps[n], partial=partial[n],
                        latency_s=(now - walls[n]) if walls[n] > 0 else None)
                for n, kc in enumerate(zip(*kcols))]
         self.emitted[sl] = True
-        self.verdicts_by_class.update(classes[c] for c in labels)
+        self.verdicts_by_class.update(names)
         self.counters["verdicts"] += len(out)
         return out
 
@@ -587,14 +596,16 @@ class StreamingClassifier:
         for j, s in enumerate(live.tolist()):
             sensor, fid = self._keys.get(s, ("", -1))
             c = int(probs[j].argmax())
+            name = h.label_of(c, float(probs[j, c]))
             out.append(Verdict(key=record_key(self.rec[s]), flow_id=int(fid),
-                               sensor=sensor, label=h.classes[c], confidence=float(probs[j, c]),
+                               extra={"best_class": h.classes[c]} if name == UNKNOWN else {},
+                               sensor=sensor, label=name, confidence=float(probs[j, c]),
                                probabilities=dict(zip(h.classes, probs[j].tolist())), packets=int(self.packets[s]),
                                first_ts=float(self.start_ts[s]), verdict_ts=now, model_id=h.model_id,
                                model_sha256=h.sha256, final=False, reason=reason, steps=int(self.steps_done[s]),
                                partial=bool(self.partial[s])))
             self.emitted[s] = True
-            self.verdicts_by_class[h.classes[c]] += 1
+            self.verdicts_by_class[name] += 1
         self.counters["verdicts"] += len(out)
         return out
 

@@ -84,6 +84,11 @@ def validate_spec(spec: Any, path: str | Path) -> None:
         if not _finite(t) or t <= 0:
             raise _bad(path, f"temperature must be a finite number > 0, got {t!r:.60}")
 
+    if "unknown_threshold" in spec:
+        u = spec["unknown_threshold"]
+        if not _finite(u) or not 0.0 <= u <= 1.0:
+            raise _bad(path, f"unknown_threshold must be a number in [0, 1], got {u!r:.60}")
+
     classes = spec.get("classes")
     if not isinstance(classes, list) or not 1 <= len(classes) <= MAX_CLASSES:
         raise _bad(path, f"classes must be a list of 1 to {MAX_CLASSES} names")

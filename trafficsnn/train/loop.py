@@ -403,6 +403,22 @@ def fit_torch(
     return FitResult(model, history, best_epoch, temp, val_logits, r, time.time() - t_start)
 
 
+def unknown_threshold(val_logits: np.ndarray, y: np.ndarray, temperature: float, keep: float = 0.9) -> float:
+    """Confidence below which a verdict says ``unknown`` (open-set rejection), chosen on validation.
+
+    The (1 - keep) quantile of the calibrated confidence of the validation verdicts that
+    were right: at least ``keep`` of them stay, and what falls below is mostly wrong or
+    unlike anything seen in training. 0 (never unknown) without validation samples.
+    """
+    if not len(y):
+        return 0.0
+    p = softmax(np.asarray(val_logits, np.float64) / float(temperature))
+    right = p.argmax(1) == np.asarray(y)
+    if not right.any():
+        return 0.0
+    return float(np.quantile(p.max(1)[right], 1.0 - keep))
+
+
 def calibration_summary(val_logits: np.ndarray, y: np.ndarray, temperature: float) -> dict:
     return {
         "temperature": float(temperature), "fitted_on": "validation",

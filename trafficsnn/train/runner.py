@@ -285,7 +285,7 @@ def split_samples(ds: SampleSet, opts: TrainOptions) -> tuple[np.ndarray, dict]:
 
 def fit_predictor(train: SampleSet, val: SampleSet, opts: TrainOptions, out: Path) -> tuple[Predictor, dict]:
     """Fit one model kind on ``train`` (selecting on ``val``) and save it into ``out``."""
-    from .loop import TrainConfig, calibration_summary, fit_torch, seed_everything
+    from .loop import TrainConfig, calibration_summary, fit_torch, seed_everything, unknown_threshold
 
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(opts.seed)   # before any model is built: its initial weights
@@ -323,6 +323,7 @@ def fit_predictor(train: SampleSet, val: SampleSet, opts: TrainOptions, out: Pat
         from ..snn.checkpoint import save_checkpoint
 
         spec = {"preset": opts.preset, "model_kind": "snn", **common, "temperature": res.temperature,
+                "unknown_threshold": unknown_threshold(res.val_logits, val.y, res.temperature),
                 "calibration": calibration_summary(res.val_logits, val.y, res.temperature),
                 "training": {"recipe": res.recipe, "best_epoch": res.best_epoch, "epochs_run": len(res.history),
                              "seed": opts.seed, "seconds": round(res.seconds, 1), "split": opts.split}}
