@@ -133,3 +133,25 @@ def test_alif_streaming_equals_forward_and_prefix():
             torch.testing.assert_close(m.logits(st), m.prefix_logits(one, [t]), rtol=1e-9, atol=1e-9)
         st = m.advance(st, one.steps(t, L))
         torch.testing.assert_close(m.logits(st)[0], whole[i], rtol=1e-9, atol=1e-9)
+
+
+def test_perturb_drops_whole_packets_renumbers_and_jitters_within_groups():
+    from trafficsnn.snn.packet_encoding import N_SIZE, OFF_FLAGS, OFF_GAP
+
+    rng = np.random.default_rng(5)
+    x, samples, enc = _batch(6, T=40)
+    row = x.sample.numpy()
+    step, neuron = x.step.numpy(), x.neuron.numpy()
+    keep, st2, ne2 = enc.perturb(row, step, neuron, rng, jitter=0.0, drop_packets=0.3)
+    for r in range(6):
+        s = st2[keep & (row == r)]
+        n_kept = len(np.unique(step[keep & (row == r)]))
+        assert sorted(set(s.tolist())) == list(range(n_kept))        # contiguous after renumbering
+        assert 0 in step[keep & (row == r)]                           # the first packet always stays
+    keep, st3, ne3 = enc.perturb(row, step, neuron, rng, jitter=1.0, drop_packets=0.0)
+    assert keep.all() and (st3 == step).all()
+    size = neuron < OFF_GAP
+    assert (ne3[size] // N_SIZE == neuron[size] // N_SIZE).all()       # never crosses direction
+    assert (ne3[~size & (neuron < OFF_FLAGS)] >= OFF_GAP).all()
+    assert (ne3[neuron >= OFF_FLAGS] == neuron[neuron >= OFF_FLAGS]).all()
+    assert (ne3 != neuron).mean() > 0.3

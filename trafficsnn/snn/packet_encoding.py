@@ -139,6 +139,40 @@ class PacketEncoder:
         return StreamEvents(ef[order], es[order], en[order], np.ones(order.shape[0], np.float32), target,
                             np.zeros(P, bool), 0, int(P - keep.sum()))
 
+    # --------------------------------------------------------------- training-time perturbation
+    def perturb(self, row: np.ndarray, step: np.ndarray, neuron: np.ndarray, rng: np.random.Generator,
+                jitter: float = 0.0, drop_packets: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Augment encoded samples (events of sample ``row``): (keep mask, step, neuron).
+
+        ``jitter``: each size or gap spike moves to a neighbouring bin with this probability
+        (other MTUs, tunnel overheads, clocks); ``drop_packets``: each packet after the first
+        is removed with this probability and later packets move up (loss, sampling).
+        """
+        step = step.astype(np.int64).copy()
+        neuron = neuron.astype(np.int64).copy()
+        keep = np.ones(step.shape[0], bool)
+        if jitter > 0 and step.size:
+            move = (rng.random(step.size) < jitter) * rng.choice(np.array([-1, 1]), step.size)
+            is_size = neuron < OFF_GAP
+            lo = np.where(neuron < N_SIZE, 0, N_SIZE)
+            sz = np.clip(neuron + move, lo, lo + N_SIZE - 1)
+            is_gap = (neuron > OFF_GAP) & (neuron < OFF_FLAGS)   # never the "first packet" bin
+            gp = np.clip(neuron + move, OFF_GAP + 1, OFF_FLAGS - 1)
+            neuron = np.where(is_size, sz, np.where(is_gap, gp, neuron))
+        if drop_packets > 0 and step.size:
+            # one draw per (sample, step): the same packet loses all its spikes
+            key = row.astype(np.int64) * (self.n_steps + 1) + step
+            uk, inv = np.unique(key, return_inverse=True)
+            gone = (rng.random(uk.size) < drop_packets) & ((uk % (self.n_steps + 1)) > 0)
+            keep &= ~gone[inv]
+            # renumber: a step moves up by the number of dropped steps before it in its sample
+            urow = uk // (self.n_steps + 1)
+            csum = np.cumsum(gone)
+            first = np.r_[0, np.flatnonzero(np.diff(urow)) + 1]
+            base = np.repeat(csum[first] - gone[first], np.diff(np.r_[first, uk.size]))
+            step = step - (csum - base)[inv]
+        return keep, step, neuron
+
     # --------------------------------------------------------------- whole flows (training)
     def sample(self, ts, size, direction, tcp_flags=None, proto: int = 0, ipv6: bool = False) -> SparseSample:
         """The sparse input of one whole flow (``stream`` on all its packets at once)."""

@@ -154,13 +154,14 @@ def capture_balanced_indices(y: np.ndarray, capture: np.ndarray, rng: np.random.
     return rng.choice(len(y), size=int(n), replace=True, p=w / w.sum())
 
 
-def augment(ds, idx, rng: np.random.Generator, prefix: float = 0.5, drop: float = 0.1):
+def augment(ds, idx, rng: np.random.Generator, prefix: float = 0.5, drop: float = 0.1, **encoder_params):
     """Training-time copies of samples ``idx``: random flow prefixes and packet thinning.
 
     With probability ``prefix`` a sample is cut at a random step (as if the flow had been
     seen only that long: the anytime case); each count is thinned binomially with keep
     probability 1 - ``drop`` (lost/unseen packets). At least one event always stays.
-    Only for count-valued inputs; returns a SampleSet of len(idx) samples.
+    Only for count-valued inputs. Other keys (e.g. ``jitter``, ``drop_packets``) go to the
+    encoder's own ``perturb`` (the packet encoder's). Returns a SampleSet of len(idx) samples.
     """
     sub = ds.subset(np.asarray(idx))
     off = sub.ev_off
@@ -168,6 +169,11 @@ def augment(ds, idx, rng: np.random.Generator, prefix: float = 0.5, drop: float 
     row = np.repeat(np.arange(n), np.diff(off))
     step = sub.ev_step.astype(np.int64)
     keep = np.ones(step.size, bool)
+    if any(encoder_params.values()):
+        from ..snn.registry import encoder_for
+
+        keep, step, neuron = encoder_for(ds.encoding).perturb(row, step, sub.ev_neuron, rng, **encoder_params)
+        sub.ev_step, sub.ev_neuron = step.astype(sub.ev_step.dtype), neuron.astype(sub.ev_neuron.dtype)
     if prefix > 0 and step.size:
         lo = np.full(n, np.iinfo(np.int64).max)
         hi = np.full(n, -1)
