@@ -65,6 +65,7 @@ class StreamStateALIF(NamedTuple):
     s: torch.Tensor       # (n, L, H)
     m: torch.Tensor       # (n, H) leaky readout trace of the last layer
     c: torch.Tensor       # (n, H) spike count of the last layer
+    u: torch.Tensor       # (n, N) input spike count (direct pathway; N = 0 without it)
     steps: torch.Tensor   # (n,) steps seen
 
 
@@ -87,7 +88,7 @@ class RecurrentALIF(nn.Module):
                  recurrent: bool = True, tau_mem: tuple[float, float] = (2.0, 20.0),
                  tau_adapt: tuple[float, float] = (5.0, 100.0), tau_readout: tuple[float, float] = (2.0, 30.0),
                  beta_init: float = 0.5, input_std: float = 0.6, surrogate_slope: float = 5.0,
-                 dropout: float = 0.1):
+                 dropout: float = 0.1, input_skip: bool = False):
         super().__init__()
         for name, v in (("n_inputs", n_inputs), ("n_hidden", n_hidden), ("n_classes", n_classes),
                         ("n_steps", n_steps), ("n_layers", n_layers)):
@@ -102,10 +103,11 @@ class RecurrentALIF(nn.Module):
             n_layers=int(n_layers), recurrent=bool(recurrent), tau_mem=[float(x) for x in tau_mem],
             tau_adapt=[float(x) for x in tau_adapt], tau_readout=[float(x) for x in tau_readout],
             beta_init=float(beta_init), input_std=float(input_std), surrogate_slope=float(surrogate_slope),
-            dropout=float(dropout))
+            dropout=float(dropout), input_skip=bool(input_skip))
         self.n_inputs, self.n_classes, self.n_steps = int(n_inputs), int(n_classes), int(n_steps)
         self.n_hidden, self.n_layers, self.recurrent = int(n_hidden), int(n_layers), bool(recurrent)
         self.slope, self.dropout = float(surrogate_slope), float(dropout)
+        self.input_skip = bool(input_skip)
         self.preset: str | None = None
         H = self.n_hidden
         self.w_in = nn.ParameterList()
@@ -126,6 +128,8 @@ class RecurrentALIF(nn.Module):
             self.beta.append(nn.Parameter(torch.full((H,), float(beta_init))))
         self.tau_out = _tau_param(H, *tau_readout)
         self.readout = nn.Linear(2 * H, self.n_classes)
+        # optional direct pathway: the readout also integrates the input spikes (their rate per neuron)
+        self.skip = nn.Linear(self.n_inputs, self.n_classes, bias=False) if self.input_skip else None
 
     # ------------------------------------------------------------------ parameters
     def clamp_parameters(self) -> None:
@@ -172,10 +176,12 @@ class RecurrentALIF(nn.Module):
         w = self.w_in[0]
         z = w.new_zeros(n, self.n_layers, self.n_hidden)
         zh = w.new_zeros(n, self.n_hidden)
-        return StreamStateALIF(z, z.clone(), z.clone(), zh, zh.clone(), w.new_zeros(n))
+        zu = w.new_zeros(n, self.n_inputs if self.input_skip else 0)
+        return StreamStateALIF(z, z.clone(), z.clone(), zh, zh.clone(), zu, w.new_zeros(n))
 
-    def _scan(self, dense: torch.Tensor, st: StreamStateALIF, reference: bool = False):
-        """Run ``dense`` (B, T, N) from state ``st``: per-step readout features and the new state."""
+    def _scan(self, dense: torch.Tensor, st: StreamStateALIF):
+        """Run ``dense`` (B, T, N) from state ``st``: readout features of every step
+        (m, c: (B, T, H); u: (B, T, N or 0)) and the new state."""
         B, T, _ = dense.shape
         drop = self.training and self.dropout > 0
         cur0 = dense @ self.w_in[0] + self.bias[0]                  # (B, T, H): all steps at once
@@ -197,23 +203,26 @@ class RecurrentALIF(nn.Module):
             m = kappa * m + (1 - kappa) * inp
             c = c + inp
             feats.append((m, c))
+        u_all = (st.u.unsqueeze(1) + dense.cumsum(1)) if self.input_skip else dense.new_zeros(B, T, 0)
         new = StreamStateALIF(torch.stack([s.v for s in states], 1), torch.stack([s.a for s in states], 1),
-                              torch.stack([s.s for s in states], 1), m, c, st.steps + T)
-        return feats, new
+                              torch.stack([s.s for s in states], 1), m, c,
+                              u_all[:, -1] if T else st.u, st.steps + T)
+        return (torch.stack([f[0] for f in feats], 1), torch.stack([f[1] for f in feats], 1), u_all), new
 
-    def _score(self, m: torch.Tensor, c: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
-        rate = c / steps.clamp(min=1).unsqueeze(-1).to(c.dtype)
-        return self.readout(torch.cat([m, rate], -1))
+    def _score(self, m: torch.Tensor, c: torch.Tensor, u: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+        n = steps.clamp(min=1).unsqueeze(-1).to(c.dtype)
+        out = self.readout(torch.cat([m, c / n], -1))
+        if self.skip is not None:
+            out = out + self.skip(u / n)
+        return out
 
     def step_logits(self, x: SparseBatch | torch.Tensor, reference: bool = False) -> torch.Tensor:
         """Class scores after every step, (B, T, C), from rest."""
         dense = self._dense(x)
         B, T, _ = dense.shape
-        feats, _ = self._scan(dense, self.init_state(B), reference)
-        m = torch.stack([f[0] for f in feats], 1)
-        c = torch.stack([f[1] for f in feats], 1)
+        (m, c, u), _ = self._scan(dense, self.init_state(B))
         steps = torch.arange(1, T + 1, device=dense.device, dtype=dense.dtype).expand(B, T)
-        return self._score(m, c, steps)
+        return self._score(m, c, u, steps)
 
     def run(self, x: SparseBatch | torch.Tensor, reference: bool = False):
         """Scores at each sample's last real step, and the last layer's spike counts."""
@@ -226,12 +235,10 @@ class RecurrentALIF(nn.Module):
         B = dense.shape[0]
         if reference:
             return ModelOutput(self._reference(dense, lens), dense.new_zeros(B, self.n_hidden))
-        feats, _ = self._scan(dense, self.init_state(B))
-        m = torch.stack([f[0] for f in feats], 1)
-        c = torch.stack([f[1] for f in feats], 1)
-        idx = (lens - 1).view(B, 1, 1).expand(B, 1, self.n_hidden)
-        m_l, c_l = m.gather(1, idx)[:, 0], c.gather(1, idx)[:, 0]
-        return ModelOutput(self._score(m_l, c_l, lens), c_l.detach())
+        (m, c, u), _ = self._scan(dense, self.init_state(B))
+        rows = torch.arange(B, device=dense.device)
+        m_l, c_l, u_l = m[rows, lens - 1], c[rows, lens - 1], u[rows, lens - 1]
+        return ModelOutput(self._score(m_l, c_l, u_l, lens), c_l.detach())
 
     def forward(self, x: SparseBatch | torch.Tensor, reference: bool = False) -> torch.Tensor:
         return self.run(x, reference).logits
@@ -270,6 +277,7 @@ class RecurrentALIF(nn.Module):
                   for _ in range(self.n_layers)]
         kappa = _decay(self.tau_out)
         m = c = dense.new_zeros(B, H)
+        u = dense.new_zeros(B, self.n_inputs if self.input_skip else 0)
         out = dense.new_zeros(B, self.n_classes)
         for t in range(T):
             inp = dense[:, t]
@@ -280,9 +288,11 @@ class RecurrentALIF(nn.Module):
                 inp, states[layer] = alif_step(cur, states[layer], self.params(layer))
             m = kappa * m + (1 - kappa) * inp
             c = c + inp
+            if self.input_skip:
+                u = u + dense[:, t]
             here = (lens == t + 1).unsqueeze(1)
             steps = torch.full((B,), t + 1, dtype=dense.dtype, device=dense.device)
-            out = torch.where(here, self._score(m, c, steps), out)
+            out = torch.where(here, self._score(m, c, u, steps), out)
         return out
 
     # ------------------------------------------------------------------ streaming
@@ -304,7 +314,7 @@ class RecurrentALIF(nn.Module):
 
     def logits(self, state: StreamStateALIF) -> torch.Tensor:
         """Anytime class scores of each flow after the steps it has seen."""
-        return self._score(state.m, state.c, state.steps)
+        return self._score(state.m, state.c, state.u, state.steps)
 
     def extra_repr(self) -> str:
         return (f"preset={self.preset!r}, layers={self.n_layers}x{self.n_hidden}, recurrent={self.recurrent}, "
