@@ -106,7 +106,7 @@ def test_alif_fast_path_equals_reference_loop_and_gradients_flow(skip):
     torch.manual_seed(0)
     x, _, enc = _batch()
     m = RecurrentALIF(enc.n_inputs, 4, n_steps=enc.n_steps, n_hidden=16, n_layers=2, dropout=0.0,
-                      input_skip=skip).double()
+                      input_skip=skip, members=1 + int(skip) * 2).double()
     xb = x.to(dtype=torch.float64)
     torch.testing.assert_close(m(xb), m(xb, reference=True), rtol=1e-9, atol=1e-9)
     m(xb).sum().backward()
@@ -119,7 +119,7 @@ def test_alif_fast_path_equals_reference_loop_and_gradients_flow(skip):
 def test_alif_streaming_equals_forward_and_prefix(skip):
     torch.manual_seed(1)
     x, samples, enc = _batch(4, T=30)
-    m = RecurrentALIF(enc.n_inputs, 3, n_steps=enc.n_steps, n_hidden=12, dropout=0.0, input_skip=skip).double().eval()
+    m = RecurrentALIF(enc.n_inputs, 3, n_steps=enc.n_steps, n_hidden=12, dropout=0.0, input_skip=skip, members=1 + int(skip) * 2).double().eval()
     xb = x.to(dtype=torch.float64)
     lens = m.lengths(xb)
     whole = m(xb)

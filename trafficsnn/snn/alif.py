@@ -18,9 +18,15 @@ class scores at step t are ``[m_t, c_t / t] W_out + b_out``, so a verdict exists
 after every packet and ``forward`` on a whole flow equals streaming it packet by
 packet (``init_state`` / ``advance`` / ``logits``).
 
+``members`` K > 1 makes the module a seed ensemble: K independent networks (own
+initialisation, time constants and readout) stepped together as one batched tensor
+(one op per step for all members, so the Python loop costs as much as for one),
+each trained on its own loss; the verdict averages the members' class scores.
+
 ``run`` loops over steps with torch ops (the vectorised path: input currents of all
-steps in one matmul, one fused elementwise update per step); ``reference=True``
-runs :func:`alif_step` from a dense input, the plain loop the tests compare with.
+steps and members in one einsum, one fused update per step); ``reference=True``
+runs :func:`alif_step` member by member from a dense input, the plain loop the
+tests compare with.
 """
 from __future__ import annotations
 
@@ -58,20 +64,20 @@ def alif_step(current: torch.Tensor, state: ALIFState, p: ALIFParameters) -> tup
 
 
 class StreamStateALIF(NamedTuple):
-    """Per-flow state between updates (rows = flows)."""
+    """Per-flow state between updates (rows = flows; K members, L layers, H neurons)."""
 
-    v: torch.Tensor       # (n, L, H)
-    a: torch.Tensor       # (n, L, H)
-    s: torch.Tensor       # (n, L, H)
-    m: torch.Tensor       # (n, H) leaky readout trace of the last layer
-    c: torch.Tensor       # (n, H) spike count of the last layer
+    v: torch.Tensor       # (n, L, K, H) membrane
+    a: torch.Tensor       # (n, L, K, H) adaptation
+    s: torch.Tensor       # (n, L, K, H) spikes of the last step
+    m: torch.Tensor       # (n, K, H) leaky readout trace of the last layer
+    c: torch.Tensor       # (n, K, H) spike count of the last layer
     u: torch.Tensor       # (n, N) input spike count (direct pathway; N = 0 without it)
     steps: torch.Tensor   # (n,) steps seen
 
 
-def _tau_param(n: int, lo: float, hi: float, gen: torch.Generator | None = None) -> nn.Parameter:
+def _tau_param(shape, lo: float, hi: float) -> nn.Parameter:
     """log(tau - 1) of time constants spread log-uniformly over [lo, hi] steps."""
-    u = torch.rand(n, generator=gen)
+    u = torch.rand(shape)
     tau = torch.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
     return nn.Parameter(torch.log(tau - 1.0))
 
@@ -82,16 +88,16 @@ def _decay(p: torch.Tensor) -> torch.Tensor:
 
 @register_architecture("alif")
 class RecurrentALIF(nn.Module):
-    """n_inputs -> n_layers x n_hidden recurrent ALIF -> leaky/rate readout -> n_classes."""
+    """n_inputs -> n_layers x n_hidden recurrent ALIF -> leaky/rate readout -> n_classes (x members)."""
 
     def __init__(self, n_inputs: int, n_classes: int, n_steps: int = 64, n_hidden: int = 64, n_layers: int = 1,
                  recurrent: bool = True, tau_mem: tuple[float, float] = (2.0, 20.0),
                  tau_adapt: tuple[float, float] = (5.0, 100.0), tau_readout: tuple[float, float] = (2.0, 30.0),
                  beta_init: float = 0.5, input_std: float = 0.6, surrogate_slope: float = 5.0,
-                 dropout: float = 0.1, input_skip: bool = False):
+                 dropout: float = 0.1, input_skip: bool = False, members: int = 1):
         super().__init__()
         for name, v in (("n_inputs", n_inputs), ("n_hidden", n_hidden), ("n_classes", n_classes),
-                        ("n_steps", n_steps), ("n_layers", n_layers)):
+                        ("n_steps", n_steps), ("n_layers", n_layers), ("members", members)):
             if int(v) != v or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         if n_classes < 2:
@@ -103,13 +109,13 @@ class RecurrentALIF(nn.Module):
             n_layers=int(n_layers), recurrent=bool(recurrent), tau_mem=[float(x) for x in tau_mem],
             tau_adapt=[float(x) for x in tau_adapt], tau_readout=[float(x) for x in tau_readout],
             beta_init=float(beta_init), input_std=float(input_std), surrogate_slope=float(surrogate_slope),
-            dropout=float(dropout), input_skip=bool(input_skip))
+            dropout=float(dropout), input_skip=bool(input_skip), members=int(members))
         self.n_inputs, self.n_classes, self.n_steps = int(n_inputs), int(n_classes), int(n_steps)
         self.n_hidden, self.n_layers, self.recurrent = int(n_hidden), int(n_layers), bool(recurrent)
         self.slope, self.dropout = float(surrogate_slope), float(dropout)
-        self.input_skip = bool(input_skip)
+        self.input_skip, self.members = bool(input_skip), int(members)
         self.preset: str | None = None
-        H = self.n_hidden
+        K, H, C = self.members, self.n_hidden, self.n_classes
         self.w_in = nn.ParameterList()
         self.w_rec = nn.ParameterList()
         self.bias = nn.ParameterList()
@@ -119,17 +125,19 @@ class RecurrentALIF(nn.Module):
         for layer in range(self.n_layers):
             n_in = self.n_inputs if layer == 0 else H
             std = input_std if layer == 0 else 1.5 / math.sqrt(H)
-            self.w_in.append(nn.Parameter(torch.randn(n_in, H) * std))
+            self.w_in.append(nn.Parameter(torch.randn(K, n_in, H) * std))
             if self.recurrent:
-                self.w_rec.append(nn.Parameter(torch.randn(H, H) * (0.5 / math.sqrt(H))))
-            self.bias.append(nn.Parameter(torch.zeros(H)))
-            self.tau_mem.append(_tau_param(H, *tau_mem))
-            self.tau_adapt.append(_tau_param(H, *tau_adapt))
-            self.beta.append(nn.Parameter(torch.full((H,), float(beta_init))))
-        self.tau_out = _tau_param(H, *tau_readout)
-        self.readout = nn.Linear(2 * H, self.n_classes)
+                self.w_rec.append(nn.Parameter(torch.randn(K, H, H) * (0.5 / math.sqrt(H))))
+            self.bias.append(nn.Parameter(torch.zeros(K, H)))
+            self.tau_mem.append(_tau_param((K, H), *tau_mem))
+            self.tau_adapt.append(_tau_param((K, H), *tau_adapt))
+            self.beta.append(nn.Parameter(torch.full((K, H), float(beta_init))))
+        self.tau_out = _tau_param((K, H), *tau_readout)
+        bound = 1.0 / math.sqrt(2 * H)                      # nn.Linear's default initialisation
+        self.w_out = nn.Parameter(torch.empty(K, 2 * H, C).uniform_(-bound, bound))
+        self.b_out = nn.Parameter(torch.empty(K, C).uniform_(-bound, bound))
         # optional direct pathway: the readout also integrates the input spikes (their rate per neuron)
-        self.skip = nn.Linear(self.n_inputs, self.n_classes, bias=False) if self.input_skip else None
+        self.w_skip = nn.Parameter(torch.zeros(K, self.n_inputs, C)) if self.input_skip else None
 
     # ------------------------------------------------------------------ parameters
     def clamp_parameters(self) -> None:
@@ -142,8 +150,8 @@ class RecurrentALIF(nn.Module):
         return ALIFParameters(_decay(self.tau_mem[layer]), _decay(self.tau_adapt[layer]),
                               self.beta[layer].clamp(min=0.0), self.slope)
 
-    def time_constants(self) -> dict[str, list[list[float]]]:
-        """Learned time constants in steps (packets), per layer: for model cards and export."""
+    def time_constants(self) -> dict[str, Any]:
+        """Learned time constants in steps (packets), per layer and member: for model cards and export."""
         f = (lambda p: (1.0 + torch.exp(p.detach())).cpu().tolist())
         return {"tau_mem": [f(p) for p in self.tau_mem], "tau_adapt": [f(p) for p in self.tau_adapt],
                 "tau_readout": f(self.tau_out)}
@@ -174,58 +182,71 @@ class RecurrentALIF(nn.Module):
     # ------------------------------------------------------------------ the recurrence
     def init_state(self, n: int) -> StreamStateALIF:
         w = self.w_in[0]
-        z = w.new_zeros(n, self.n_layers, self.n_hidden)
-        zh = w.new_zeros(n, self.n_hidden)
+        z = w.new_zeros(n, self.n_layers, self.members, self.n_hidden)
+        zh = w.new_zeros(n, self.members, self.n_hidden)
         zu = w.new_zeros(n, self.n_inputs if self.input_skip else 0)
         return StreamStateALIF(z, z.clone(), z.clone(), zh, zh.clone(), zu, w.new_zeros(n))
 
     def _scan(self, dense: torch.Tensor, st: StreamStateALIF):
         """Run ``dense`` (B, T, N) from state ``st``: readout features of every step
-        (m, c: (B, T, H); u: (B, T, N or 0)) and the new state."""
+        (m, c: (B, T, K, H); u: (B, T, N or 0)) and the new state."""
         B, T, _ = dense.shape
         drop = self.training and self.dropout > 0
-        cur0 = dense @ self.w_in[0] + self.bias[0]                  # (B, T, H): all steps at once
+        cur0 = torch.einsum("btn,knh->btkh", dense, self.w_in[0]) + self.bias[0]   # all steps and members at once
         ps = [self.params(layer) for layer in range(self.n_layers)]
         states = [ALIFState(st.v[:, layer], st.a[:, layer], st.s[:, layer]) for layer in range(self.n_layers)]
         kappa = _decay(self.tau_out)
         m, c = st.m, st.c
-        feats = []
+        ms, cs = [], []
         for t in range(T):
             inp = None
             for layer in range(self.n_layers):
-                cur = cur0[:, t] if layer == 0 else inp @ self.w_in[layer] + self.bias[layer]
+                if layer == 0:
+                    cur = cur0[:, t]
+                else:
+                    cur = torch.einsum("bkh,khj->bkj", inp, self.w_in[layer]) + self.bias[layer]
                 if self.recurrent:
-                    cur = cur + states[layer].s @ self.w_rec[layer]
+                    cur = cur + torch.einsum("bkh,khj->bkj", states[layer].s, self.w_rec[layer])
                 s, states[layer] = alif_step(cur, states[layer], ps[layer])
                 inp = s
             if drop:
                 inp = nn.functional.dropout(inp, self.dropout, True)
             m = kappa * m + (1 - kappa) * inp
             c = c + inp
-            feats.append((m, c))
+            ms.append(m)
+            cs.append(c)
         u_all = (st.u.unsqueeze(1) + dense.cumsum(1)) if self.input_skip else dense.new_zeros(B, T, 0)
         new = StreamStateALIF(torch.stack([s.v for s in states], 1), torch.stack([s.a for s in states], 1),
                               torch.stack([s.s for s in states], 1), m, c,
                               u_all[:, -1] if T else st.u, st.steps + T)
-        return (torch.stack([f[0] for f in feats], 1), torch.stack([f[1] for f in feats], 1), u_all), new
+        return (torch.stack(ms, 1), torch.stack(cs, 1), u_all), new
 
-    def _score(self, m: torch.Tensor, c: torch.Tensor, u: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
-        n = steps.clamp(min=1).unsqueeze(-1).to(c.dtype)
-        out = self.readout(torch.cat([m, c / n], -1))
-        if self.skip is not None:
-            out = out + self.skip(u / n)
+    def _member_scores(self, m: torch.Tensor, c: torch.Tensor, u: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+        """Class scores of each member, (..., K, C), from readout features (..., K, H) and (..., N)."""
+        n = steps.clamp(min=1).to(c.dtype)
+        feat = torch.cat([m, c / n[..., None, None]], -1)
+        out = torch.einsum("...kf,kfc->...kc", feat, self.w_out) + self.b_out
+        if self.w_skip is not None:
+            out = out + torch.einsum("...n,knc->...kc", u / n[..., None], self.w_skip)
         return out
 
-    def step_logits(self, x: SparseBatch | torch.Tensor, reference: bool = False) -> torch.Tensor:
-        """Class scores after every step, (B, T, C), from rest."""
+    def _score(self, m, c, u, steps) -> torch.Tensor:
+        return self._member_scores(m, c, u, steps).mean(-2)
+
+    def step_member_logits(self, x: SparseBatch | torch.Tensor) -> torch.Tensor:
+        """Each member's class scores after every step, (B, T, K, C), from rest."""
         dense = self._dense(x)
         B, T, _ = dense.shape
         (m, c, u), _ = self._scan(dense, self.init_state(B))
         steps = torch.arange(1, T + 1, device=dense.device, dtype=dense.dtype).expand(B, T)
-        return self._score(m, c, u, steps)
+        return self._member_scores(m, c, u, steps)
+
+    def step_logits(self, x: SparseBatch | torch.Tensor) -> torch.Tensor:
+        """Class scores (members averaged) after every step, (B, T, C), from rest."""
+        return self.step_member_logits(x).mean(2)
 
     def run(self, x: SparseBatch | torch.Tensor, reference: bool = False):
-        """Scores at each sample's last real step, and the last layer's spike counts."""
+        """Scores at each sample's last real step, and the last layer's spike counts (members summed)."""
         from .model import ModelOutput
 
         lens = self.lengths(x)
@@ -238,29 +259,28 @@ class RecurrentALIF(nn.Module):
         (m, c, u), _ = self._scan(dense, self.init_state(B))
         rows = torch.arange(B, device=dense.device)
         m_l, c_l, u_l = m[rows, lens - 1], c[rows, lens - 1], u[rows, lens - 1]
-        return ModelOutput(self._score(m_l, c_l, u_l, lens), c_l.detach())
+        return ModelOutput(self._score(m_l, c_l, u_l, lens), c_l.sum(1).detach())
 
     def forward(self, x: SparseBatch | torch.Tensor, reference: bool = False) -> torch.Tensor:
         return self.run(x, reference).logits
 
     def train_logits(self, x: SparseBatch, checkpoints=(1, 2, 3, 5, 10, 20, 30, 50)):
-        """(final scores (B, C), early scores (B, K, C), mask (B, K)) for anytime training.
+        """Member scores for anytime training: final (B, K, C), early (B, P, K, C), mask (B, P).
 
-        Early scores are taken after the first k packets for each checkpoint k shorter
-        than the sample, so the loss can ask for good verdicts from the first packets on.
+        Early scores are taken after the first k packets for each checkpoint k shorter than
+        the sample, so the loss asks for good verdicts from the first packets on; each
+        member is scored on its own (an ensemble of independently trained networks).
         """
         lens = self.lengths(x)
         dense = self._dense(x)
         T = int(lens.max())
-        logits = self.step_logits(dense[:, :T])
+        logits = self.step_member_logits(dense[:, :T])
         B = logits.shape[0]
         final = logits[torch.arange(B, device=logits.device), lens - 1]
         ks = torch.as_tensor([k for k in checkpoints if k <= T], dtype=torch.long, device=logits.device)
         if not ks.numel():
             return final, logits[:, :0], torch.zeros(B, 0, dtype=torch.bool, device=logits.device)
-        early = logits[:, ks - 1]
-        mask = ks.unsqueeze(0) < lens.unsqueeze(1)
-        return final, early, mask
+        return final, logits[:, ks - 1], ks.unsqueeze(0) < lens.unsqueeze(1)
 
     def prefix_logits(self, x: SparseBatch, steps) -> torch.Tensor:
         """Anytime scores of each sample after its first ``steps[i]`` steps."""
@@ -270,30 +290,36 @@ class RecurrentALIF(nn.Module):
         return logits[torch.arange(logits.shape[0], device=logits.device), k - 1]
 
     def _reference(self, dense: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
-        """The plain loop: one :func:`alif_step` per step and layer, scores picked at each length."""
+        """The plain loop: member by member, one :func:`alif_step` per step and layer (2-D matmuls)."""
         B, T, _ = dense.shape
         H = self.n_hidden
-        states = [ALIFState(dense.new_zeros(B, H), dense.new_zeros(B, H), dense.new_zeros(B, H))
-                  for _ in range(self.n_layers)]
-        kappa = _decay(self.tau_out)
-        m = c = dense.new_zeros(B, H)
-        u = dense.new_zeros(B, self.n_inputs if self.input_skip else 0)
-        out = dense.new_zeros(B, self.n_classes)
-        for t in range(T):
-            inp = dense[:, t]
-            for layer in range(self.n_layers):
-                cur = inp @ self.w_in[layer] + self.bias[layer]
-                if self.recurrent:
-                    cur = cur + states[layer].s @ self.w_rec[layer]
-                inp, states[layer] = alif_step(cur, states[layer], self.params(layer))
-            m = kappa * m + (1 - kappa) * inp
-            c = c + inp
-            if self.input_skip:
+        total = dense.new_zeros(B, self.n_classes)
+        for k in range(self.members):
+            states = [ALIFState(dense.new_zeros(B, H), dense.new_zeros(B, H), dense.new_zeros(B, H))
+                      for _ in range(self.n_layers)]
+            kappa = _decay(self.tau_out[k])
+            m = c = dense.new_zeros(B, H)
+            u = dense.new_zeros(B, self.n_inputs)
+            out = dense.new_zeros(B, self.n_classes)
+            for t in range(T):
+                inp = dense[:, t]
+                for layer in range(self.n_layers):
+                    cur = inp @ self.w_in[layer][k] + self.bias[layer][k]
+                    if self.recurrent:
+                        cur = cur + states[layer].s @ self.w_rec[layer][k]
+                    p = self.params(layer)
+                    pk = ALIFParameters(p.alpha[k], p.rho[k], p.beta[k], p.slope)
+                    inp, states[layer] = alif_step(cur, states[layer], pk)
+                m = kappa * m + (1 - kappa) * inp
+                c = c + inp
                 u = u + dense[:, t]
-            here = (lens == t + 1).unsqueeze(1)
-            steps = torch.full((B,), t + 1, dtype=dense.dtype, device=dense.device)
-            out = torch.where(here, self._score(m, c, u, steps), out)
-        return out
+                n = float(t + 1)
+                sc = torch.cat([m, c / n], 1) @ self.w_out[k] + self.b_out[k]
+                if self.w_skip is not None:
+                    sc = sc + (u / n) @ self.w_skip[k]
+                out = torch.where((lens == t + 1).unsqueeze(1), sc, out)
+            total = total + out
+        return total / self.members
 
     # ------------------------------------------------------------------ streaming
     @torch.no_grad()
@@ -317,5 +343,5 @@ class RecurrentALIF(nn.Module):
         return self._score(state.m, state.c, state.u, state.steps)
 
     def extra_repr(self) -> str:
-        return (f"preset={self.preset!r}, layers={self.n_layers}x{self.n_hidden}, recurrent={self.recurrent}, "
-                f"n_steps={self.n_steps}")
+        return (f"preset={self.preset!r}, layers={self.n_layers}x{self.n_hidden}, members={self.members}, "
+                f"recurrent={self.recurrent}, skip={self.input_skip}, n_steps={self.n_steps}")

@@ -45,7 +45,7 @@ def recipe_from_preset(training: dict[str, Any]) -> dict[str, Any]:
     """Translate snn.presets' ``training`` block into the loop's recipe keys."""
     r: dict[str, Any] = {}
     for k in ("epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "augment", "min_batches", "sampler",
-              "class_weight", "anytime_loss"):
+              "class_weight", "anytime_loss", "select_metric"):
         if k in training:
             r[k] = training[k]
     if "grad_clip_value" in training:
@@ -352,10 +352,18 @@ def fit_torch(
             if w_any > 0 and hasattr(model, "train_logits"):
                 # anytime loss: also ask for the right class after the first 1, 2, 3, 5, ... packets
                 logits, early, mask = model.train_logits(x)
-                loss = F.cross_entropy(logits, y, weight=cls_w, label_smoothing=ls)
+                if logits.dim() == 3:   # (B, K, C): K ensemble members, each on its own loss
+                    nk, nc = logits.shape[1], logits.shape[2]
+                    loss = F.cross_entropy(logits.reshape(-1, nc), y.repeat_interleave(nk), weight=cls_w,
+                                           label_smoothing=ls)
+                    early_l = early[mask].reshape(-1, nc)
+                    ye = y.unsqueeze(1).expand_as(mask)[mask].repeat_interleave(nk)
+                    logits = logits.mean(1)
+                else:
+                    loss = F.cross_entropy(logits, y, weight=cls_w, label_smoothing=ls)
+                    early_l, ye = early[mask], y.unsqueeze(1).expand_as(mask)[mask]
                 if bool(mask.any()):
-                    ye = y.unsqueeze(1).expand_as(mask)[mask]
-                    loss = (1 - w_any) * loss + w_any * F.cross_entropy(early[mask], ye, weight=cls_w,
+                    loss = (1 - w_any) * loss + w_any * F.cross_entropy(early_l, ye, weight=cls_w,
                                                                         label_smoothing=ls)
             else:
                 logits = model(x)
@@ -381,7 +389,10 @@ def fit_torch(
         history.append(rec)
         with open(log_path, "a") as fh:
             fh.write(json.dumps(rec) + "\n")
-        improved = (val_f1 > best["f1"] + 1e-9) or (abs(val_f1 - best["f1"]) <= 1e-9 and val_loss < best["loss"])
+        if r.get("select_metric") == "val_loss":   # smoother than macro-F1 on a small validation side
+            improved = val_loss < best["loss"] - 1e-9
+        else:
+            improved = (val_f1 > best["f1"] + 1e-9) or (abs(val_f1 - best["f1"]) <= 1e-9 and val_loss < best["loss"])
         if improved:
             best = {"f1": val_f1, "loss": val_loss, "epoch": epoch}
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}

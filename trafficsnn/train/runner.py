@@ -74,6 +74,22 @@ class Predictor:
                 outs.append(model(x).double().cpu().numpy())
         return np.concatenate(outs) if outs else np.zeros((0, len(self.classes)))
 
+    def prefix_logits(self, ds: SampleSet, k: int, batch_size: int = 256) -> np.ndarray:
+        """The SNN's anytime scores after each sample's first ``k`` packets (packet-clocked encodings)."""
+        if self.kind != "snn" or ds.encoding.get("kind") != "packet":
+            raise ConfigError("anytime scores after k packets need an SNN with the packet-clocked encoding")
+        import torch
+
+        model = self.impl
+        model.eval()
+        outs = []
+        with torch.no_grad():
+            for a in range(0, len(ds), batch_size):
+                idx = np.arange(a, min(a + batch_size, len(ds)))
+                x = ds.batch(idx, device=self.device, dtype=next(model.parameters()).dtype)
+                outs.append(model.prefix_logits(x, [k] * len(idx)).double().cpu().numpy())
+        return np.concatenate(outs) if outs else np.zeros((0, len(self.classes)))
+
 
 def load_predictor(path: str | Path, device: str = "cpu") -> Predictor:
     p = Path(path)
