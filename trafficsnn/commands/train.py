@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from ..train.baselines import BASELINES   # numpy only: the name list of the scikit-learn baselines
+
 _HELP_DATA = """DATA is a folder of captures. Labels come from, in this order: --labels CSV
 (flows named by capture file + 5-tuple, nDPI task.csv columns), --rules TOML or an ISCX
 layout (NonVPN-PCAPs/, VPN-PCAPS/, Tor/, NonTor/ folders: labels from file names), or else
@@ -22,8 +24,10 @@ state/ (resumable), test_report/ (report.json, report.md, confusion.png), summar
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Output model directory.")
 @click.option("--preset", type=click.Choice(["paper", "improved"]), default="improved", show_default=True,
               help="Input encoding + network + recipe (paper = the reference paper exactly).")
-@click.option("--model", "model_kind", type=click.Choice(["snn", "mlp", "gbt"]), default="snn", show_default=True,
-              help="snn, or a baseline on the same samples: mlp (same input) / gbt (flow statistics).")
+@click.option("--model", "model_kind", type=click.Choice(["snn", "mlp", *BASELINES]), default="snn",
+              show_default=True,
+              help="snn, or a baseline on the same samples: mlp (same input), gbt / rf (gradient boosting / "
+                   "random forest on flow statistics), knn / knn1 (k-NN / 1-NN on the first 10 packets).")
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Epochs (default: the preset's).")
 @click.option("--batch-size", type=click.IntRange(1), default=None,
               help="Batch size (default: the preset's; improved: 32, paper: 128).")
