@@ -31,6 +31,8 @@ def _run(args):
     ("paper", "snn", ["--split", "paper"]),
     ("improved", "mlp", []),
     ("improved", "gbt", []),
+    ("improved", "rf", []),
+    ("improved", "knn", []),
 ])
 def test_train_then_evaluate(data, tmp_path, preset, model, extra):
     out, rep = tmp_path / "model", tmp_path / "report"
@@ -44,7 +46,7 @@ def test_train_then_evaluate(data, tmp_path, preset, model, extra):
     spec = json.loads((out / "model.json").read_text())
     assert spec["classes"] == ["Browsing", "Chat", "FileTransfer", "Video", "VoIP"]
     assert 0.0 < spec["temperature"] < 100.0
-    if model != "gbt":
+    if model in ("snn", "mlp"):
         assert (out / "model.safetensors").exists() and (out / "curves.png").exists()
         log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
         assert len(log) == 1 and {"train_loss", "val_loss", "train_macro_f1", "val_macro_f1"} <= set(log[0])

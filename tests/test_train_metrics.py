@@ -71,3 +71,33 @@ def test_paper_subtasks_vpn_denominator():
     assert s["encryption"]["accuracy"] == pytest.approx((6 + 5) / 15)
     assert s["application"]["accuracy"] == pytest.approx(13 / 15)
     assert s["one_vs_all"]["app:Browsing"]["precision"] == 0.0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_sklearn_backed_scores_agree_with_the_confusion_formulas(seed):
+    """classification_report / macro_f1 (scikit-learn) == scores_from_confusion (numpy), incl. absent classes."""
+    from trafficsnn.train.metrics import macro_f1, scores_from_confusion
+
+    rng = np.random.default_rng(seed)
+    n_cls = 6
+    y = rng.integers(0, n_cls, 300)
+    y[y == 2] = 1                                   # class 2 absent from the truth ...
+    p = np.where(rng.random(300) < 0.5, y, rng.integers(0, n_cls, 300))   # ... but predicted sometimes
+    p[p == 4] = 3                                   # class 4 never predicted
+    names = [f"c{i}" for i in range(n_cls)]
+    a = classification_report(y, p, names)
+    b = scores_from_confusion(confusion(y, p, n_cls), names)
+    for k in ("n", "accuracy", "balanced_accuracy", "macro_f1", "weighted_f1"):
+        assert a[k] == pytest.approx(b[k], abs=1e-12), k
+    for c in names:
+        assert a["per_class"][c] == pytest.approx(b["per_class"][c], abs=1e-12)
+    assert macro_f1(y, p, n_cls) == pytest.approx(b["macro_f1"], abs=1e-12)
+    assert np.array_equal(confusion(y, p, n_cls), np.bincount(y * n_cls + p, minlength=36).reshape(6, 6))
+
+
+def test_empty_inputs_give_zeros():
+    from trafficsnn.train.metrics import macro_f1
+
+    r = classification_report(np.zeros(0, int), np.zeros(0, int), ["a", "b"])
+    assert r["n"] == 0 and r["macro_f1"] == 0.0 and r["confusion"]["matrix"] == [[0, 0], [0, 0]]
+    assert macro_f1([], [], 3) == 0.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from ..snn.presets import DEFAULT_PRESET, PRESETS   # names only: no torch at import time
+from ..train.baselines import BASELINES   # numpy only: the name list of the scikit-learn baselines
 
 _HELP_DATA = """DATA is a folder of captures. Labels come from, in this order: --labels CSV
 (flows named by capture file + 5-tuple, nDPI task.csv columns), --rules TOML or an ISCX
@@ -26,8 +27,10 @@ state/ (resumable), test_report/ (report.json, report.md, confusion.png), summar
               help="Input encoding + network + recipe: packet = packet-clocked events into a recurrent "
                    "adaptive-LIF SNN (default), improved = 200 ms histogram steps into the paper's network "
                    "with its flaws fixed, paper = the reference paper exactly.")
-@click.option("--model", "model_kind", type=click.Choice(["snn", "mlp", "gbt"]), default="snn", show_default=True,
-              help="snn, or a baseline on the same samples: mlp (same input) / gbt (flow statistics).")
+@click.option("--model", "model_kind", type=click.Choice(["snn", "mlp", *BASELINES]), default="snn",
+              show_default=True,
+              help="snn, or a baseline on the same samples: mlp (same input), gbt / rf (gradient boosting / "
+                   "random forest on flow statistics), knn / knn1 (k-NN / 1-NN on the first 10 packets).")
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Epochs (default: the preset's).")
 @click.option("--batch-size", type=click.IntRange(1), default=None,
               help="Batch size (default: the preset's; improved: 32, paper: 128).")

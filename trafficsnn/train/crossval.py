@@ -26,10 +26,28 @@ from .splits import grouped_kfold, grouped_split
 def crossval(
     ds: SampleSet, opts: TrainOptions, models: Sequence[str] = ("snn", "mlp", "gbt"),
     k: int = 5, seeds: Sequence[int] = (0, 1, 2), log_path: str | Path | None = None,
+    prefix: int | None = None, params: dict[str, dict] | None = None, tune: bool = False,
 ) -> dict:
+    """Grouped k-fold CV of ``models`` on ``ds`` (see module doc).
+
+    ``prefix``: the scikit-learn baselines see only the first ``prefix`` packets of each sample
+    (``baselines.prefix_samples``; folds are still built from ``ds``, so they are the very
+    folds of the whole-flow run). ``params``: baseline hyper-parameters per model name.
+    ``tune``: each baseline picks its hyper-parameters from its tiny ``grid`` by macro-F1 on the
+    fold's grouped validation side (``baselines.select_params``), never on the test fold.
+    """
     n_cls = len(ds.classes)
+    if prefix is not None:
+        from .baselines import prefix_samples
+
+        if set(models) & {"snn", "mlp"}:
+            raise ValueError("prefix applies to the scikit-learn baselines; for snn/mlp use max_packets")
+        ds_in = prefix_samples(ds, prefix)
+    else:
+        ds_in = ds
     res: dict = {"k": k, "seeds": list(seeds), "models": {}, "n": len(ds), "classes": ds.classes,
-                 "max_packets": opts.max_packets, "preset": opts.preset}
+                 "max_packets": opts.max_packets, "preset": opts.preset, "prefix": prefix,
+                 "params": params or {}, "tune": tune}
     for m in models:
         res["models"][m] = {"seed_macro_f1": [], "seed_macro_f1_cap20": [], "fold_macro_f1": [], "seconds": 0.0,
                             "confusion_sum": np.zeros((n_cls, n_cls), np.int64)}
@@ -40,12 +58,19 @@ def crossval(
             test_idx = np.flatnonzero(folds == f)
             rest = np.flatnonzero(folds != f)
             side = grouped_split(ds.capture[rest], ds.y[rest], (0.8, 0.2, 0.0), seed * 100 + f, opts.session_groups)
-            train, val = ds.subset(rest[side == 0]), ds.subset(rest[side == 1])
-            test = ds.subset(test_idx)
+            train, val = ds_in.subset(rest[side == 0]), ds_in.subset(rest[side == 1])
+            test = ds_in.subset(test_idx)
             for m in models:
                 t0 = time.time()
+                chosen = dict((params or {}).get(m, {}))
+                if tune and m not in ("snn", "mlp"):
+                    from .baselines import select_params
+
+                    chosen, _ = select_params(m, train, val, seed * 1000 + f)
+                    res["models"][m].setdefault("chosen_params", []).append(chosen)
                 with tempfile.TemporaryDirectory() as tmp:
-                    o = replace(opts, model=m, seed=seed * 1000 + f, quiet=True, resume=False)
+                    o = replace(opts, model=m, seed=seed * 1000 + f, quiet=True, resume=False,
+                                baseline_params=chosen)
                     pred, _ = fit_predictor(train, val, o, Path(tmp))
                     p = pred.logits(test).argmax(1)
                 oof[m][test_idx] = p
@@ -55,7 +80,8 @@ def crossval(
                 if log_path:
                     with open(log_path, "a") as fh:
                         fh.write(json.dumps({"seed": seed, "fold": f, "model": m, "max_packets": opts.max_packets,
-                                             "macro_f1": f1, "n_test": len(test)}) + "\n")
+                                             "prefix": prefix, "params": chosen, "macro_f1": f1,
+                                             "n_test": len(test)}) + "\n")
         for m in models:
             res["models"][m]["seed_macro_f1"].append(macro_f1(ds.y, oof[m], n_cls))
             res["models"][m]["confusion_sum"] += confusion(ds.y, oof[m], n_cls)
@@ -76,7 +102,7 @@ def format_table(results: list[dict]) -> str:
     """Markdown table: one row per (model, max_packets)."""
     lines = ["| model | packets | macro-F1 all flows | macro-F1 cap20 | per-fold macro-F1 |", "|---|---|---|---|---|"]
     for res in results:
-        pk = res["max_packets"] or "all"
+        pk = res.get("prefix") or res["max_packets"] or "all"
         for m, r in res["models"].items():
             lines.append(f"| {m} | {pk} | {r['macro_f1_mean']:.3f} ± {r['macro_f1_std']:.3f} | "
                          f"{r['macro_f1_cap20_mean']:.3f} ± {r['macro_f1_cap20_std']:.3f} | "
@@ -118,6 +144,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--recipe", default=None,
                     help='JSON recipe overrides, e.g. \'{"sampler": "shuffle", "class_weight": "balanced"}\'')
     ap.add_argument("--model-json", default=None, help='SNN model overrides, e.g. \'{"beta_init": 0.9}\'')
+    ap.add_argument("--prefixes", default=None,
+                    help="scikit-learn baselines only: comma-separated first-k-packet prefixes (e.g. "
+                         "1,2,3,5,10,20,30,50,all) computed from the cached samples' packet heads, on the folds "
+                         "of the whole-flow samples (--max-packets must then be 'all')")
+    ap.add_argument("--params", default=None,
+                    help='baseline hyper-parameters per model, JSON, e.g. \'{"gbt": {"learning_rate": 0.05}}\'')
+    ap.add_argument("--tune", action="store_true",
+                    help="baselines pick hyper-parameters from their tiny grid on each fold's validation side")
     ap.add_argument("--out", default="crossval.json")
     a = ap.parse_args(argv)
     from .loop import recipe_overrides
@@ -134,10 +168,13 @@ def main(argv: list[str] | None = None) -> None:
                             n_steps=a.steps, lr=a.lr, model_overrides=json.loads(a.model_json or "{}"),
                             recipe=recipe)
         ds = load_samples(a.data, opts)
-        res = crossval(ds, opts, a.models.split(","), a.k, [int(s) for s in a.seeds.split(",")],
-                       log_path=Path(a.out).with_suffix(".log.jsonl"))
-        results.append(res)
-        print(format_table([res]), flush=True)
+        for pf in (a.prefixes.split(",") if a.prefixes else [None]):
+            res = crossval(ds, opts, a.models.split(","), a.k, [int(s) for s in a.seeds.split(",")],
+                           log_path=Path(a.out).with_suffix(".log.jsonl"),
+                           prefix=None if pf in (None, "all") else int(pf), params=json.loads(a.params or "{}"),
+                           tune=a.tune)
+            results.append(res)
+            print(format_table([res]), flush=True)
     Path(a.out).write_text(json.dumps(results, indent=1))
     print(format_table(results))
 

@@ -34,12 +34,12 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..errors import ConfigError
-from .features import N_FEATURES, flow_stats, packet_stats
+from .features import HEAD_COLUMNS, HEAD_PACKETS, N_FEATURES, flow_stats, packet_head, packet_stats, window_head
 
 log = logging.getLogger(__name__)
 
 CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap", ".dmp")
-CACHE_VERSION = 2   # 2: packet-clocked encoder, monotonic flow timestamps
+CACHE_VERSION = 3   # 2: packet-clocked encoder, monotonic flow timestamps; 3: packet heads for baselines
 L4_NUMBERS = {"TCP": 6, "UDP": 17, "ICMP": 1, "ICMPV6": 58, "SCTP": 132, "GRE": 47, "ESP": 50}
 
 
@@ -77,6 +77,7 @@ class CaptureSamples:
     ev_neuron: np.ndarray      # int16
     ev_value: np.ndarray       # float32
     features: np.ndarray       # (S, N_FEATURES) float32
+    head: np.ndarray           # (S, HEAD_PACKETS, len(HEAD_COLUMNS)) float32: first packets (features.packet_head)
 
     def save(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp.npz")
@@ -108,6 +109,7 @@ class SampleSet:
     n_steps: int
     n_inputs: int
     summary: dict = field(default_factory=dict)
+    head: np.ndarray | None = None   # (S, HEAD_PACKETS, 5) first packets of each sample (features.packet_head)
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -133,7 +135,7 @@ class SampleSet:
             list(self.classes), self.y[idx], self.capture[idx], self.flow[idx], self.window[idx], self.cap20[idx],
             np.r_[0, np.cumsum(lens)].astype(np.int64), self.ev_step[take], self.ev_neuron[take],
             self.ev_value[take], self.features[idx], dict(self.encoding), self.n_steps, self.n_inputs,
-            dict(self.summary),
+            dict(self.summary), None if self.head is None else self.head[idx],
         )
 
     def class_counts(self) -> dict[str, int]:
@@ -185,6 +187,7 @@ def extract_capture(path: Path, encoder, max_packets: int | None = None,
     s_win: list[int] = []
     evs: list = []
     feats: list[np.ndarray] = []
+    heads: list[np.ndarray] = []
     for fi, flow in enumerate(flows_from_capture([path], **opts)):
         k = flow.key
         keys.append((k.proto, k.client_ip, k.client_port, k.server_ip, k.server_port))
@@ -195,14 +198,18 @@ def extract_capture(path: Path, encoder, max_packets: int | None = None,
         if paper:
             for w in paper_windows(fl):
                 evs.append(encoder.window(w))
-                feats.append(flow_stats(w.t1, w.s1, w.t2, w.s2))
+                feats.append(flow_stats(w.t1, w.s1, w.t2, w.s2, proto=fl.key.proto))
+                heads.append(window_head(w, fl.key.proto))
                 s_flow.append(fi)
                 s_win.append(int(w.t_index))
         else:
             rel = np.asarray(fl.ts, np.float64) - float(fl.ts[0])
             evs.append(encoder.flow(fl))      # the encoder's own stream() on the whole flow
-            keep = encoder.window_mask(rel)
-            feats.append(packet_stats(rel[keep], np.asarray(fl.size)[keep], np.asarray(fl.direction)[keep]))
+            keep = encoder.window_mask(rel)   # the baselines see exactly the packets the sample covers
+            pk = (rel[keep], np.asarray(fl.size)[keep], np.asarray(fl.direction)[keep], np.asarray(fl.tcp_flags)[keep],
+                  fl.key.proto)
+            feats.append(packet_stats(*pk))
+            heads.append(packet_head(*pk))
             s_flow.append(fi)
             s_win.append(0)
     lens = [len(e[0]) for e in evs]
@@ -218,6 +225,7 @@ def extract_capture(path: Path, encoder, max_packets: int | None = None,
         ev_off=np.r_[0, np.cumsum(lens)].astype(np.int64),
         ev_step=cat(0, np.int16), ev_neuron=cat(1, np.int16), ev_value=cat(2, np.float32),
         features=np.stack(feats).astype(np.float32) if feats else np.zeros((0, N_FEATURES), np.float32),
+        head=np.stack(heads) if heads else np.zeros((0, HEAD_PACKETS, len(HEAD_COLUMNS)), np.float32),
     )
 
 
@@ -494,6 +502,7 @@ def build_dataset(
     if not parts:
         raise ConfigError(f"no labelled samples found under {root} (source {src}); check the labels and --min-packets")
     ys, caps_, flows_, wins, c20s, lens, steps, neurons, values, feats = ([] for _ in range(10))
+    heads: list[np.ndarray] = []
     for part in parts:
         cs, sidx = part["cs"], part["sidx"]
         take, n_ev = csr_take(cs.ev_off, sidx)
@@ -509,6 +518,7 @@ def build_dataset(
         wins.append(cs.s_window[sidx])
         c20s.append(part["cap20"])
         feats.append(cs.features[sidx])
+        heads.append(cs.head[sidx])
     out = SampleSet(
         classes=list(names), y=np.concatenate(ys).astype(np.int64), capture=np.array(caps_, dtype=str),
         flow=np.array(flows_, dtype=str), window=np.concatenate(wins).astype(np.int32),
@@ -516,6 +526,7 @@ def build_dataset(
         ev_step=np.concatenate(steps).astype(np.int16), ev_neuron=np.concatenate(neurons).astype(np.int16),
         ev_value=np.concatenate(values).astype(np.float32), features=np.concatenate(feats).astype(np.float32),
         encoding=encoder.spec(), n_steps=int(encoder.n_steps), n_inputs=int(encoder.n_inputs), summary=summary,
+        head=np.concatenate(heads).astype(np.float32),
     )
     summary["samples"] = len(out)
     summary["flows"] = len(set(out.flow.tolist()))

@@ -1,4 +1,9 @@
-"""Classification metrics, calibration and the paper's sub-tasks, in plain numpy.
+"""Classification metrics, calibration and the paper's sub-tasks.
+
+Label-based scores come from scikit-learn (``confusion_matrix``, ``accuracy_score``,
+``balanced_accuracy_score``, ``precision_recall_fscore_support``, ``f1_score``);
+``scores_from_confusion`` computes the same numbers from a (possibly summed) confusion
+matrix in numpy, where scikit-learn has no entry point (tests check that both agree).
 
 Orientation used everywhere here: ``C[true, pred]`` (rows = ground truth, columns =
 prediction, like scikit-learn). The paper's code uses ``C[pred, true]``; its numbers can
@@ -14,10 +19,14 @@ import numpy as np
 
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
-    """Confusion matrix ``C[true, pred]`` of integer labels."""
+    """Confusion matrix ``C[true, pred]`` of integer labels 0..n_classes-1."""
+    from sklearn.metrics import confusion_matrix
+
     y_true = np.asarray(y_true, np.int64)
     y_pred = np.asarray(y_pred, np.int64)
-    return np.bincount(y_true * n_classes + y_pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+    if y_true.size == 0 or not np.isin(y_true, np.arange(n_classes)).any():
+        return np.zeros((n_classes, n_classes), np.int64)     # scikit-learn refuses these
+    return confusion_matrix(y_true, y_pred, labels=np.arange(n_classes)).astype(np.int64)
 
 
 def scores_from_confusion(c: np.ndarray, classes: Sequence[str] | None = None) -> dict:
@@ -49,15 +58,48 @@ def scores_from_confusion(c: np.ndarray, classes: Sequence[str] | None = None) -
 
 
 def classification_report(y_true, y_pred, classes: Sequence[str]) -> dict:
-    c = confusion(y_true, y_pred, len(classes))
-    out = scores_from_confusion(c, classes)
+    """``scores_from_confusion``'s dict (same keys and numbers) from scikit-learn, plus the confusion matrix."""
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, precision_recall_fscore_support
+
+    classes = list(classes)
+    y_true = np.asarray(y_true, np.int64)
+    y_pred = np.asarray(y_pred, np.int64)
+    n = len(classes)
+    c = confusion(y_true, y_pred, n)
+    if y_true.size == 0:
+        out = scores_from_confusion(c, classes)
+    else:
+        labels = np.arange(n)
+        present = np.flatnonzero(c.sum(axis=1) > 0)
+        prec, rec, f1, sup = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+        out = {
+            "n": int(y_true.size),
+            "accuracy": float(accuracy_score(y_true, y_pred)),
+            "balanced_accuracy": float(rec[present].mean()) if present.size else 0.0,
+            "macro_f1": float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
+            "weighted_f1": float(f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)),
+            "per_class": {
+                classes[i]: {"precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]),
+                             "support": int(sup[i]), "predicted": int(c[:, i].sum())}
+                for i in range(n)
+            },
+        }
+        if set(np.unique(y_pred)) <= set(present.tolist()):   # scikit-learn's own, where it is defined the same
+            out["balanced_accuracy"] = float(balanced_accuracy_score(y_true, y_pred))
     out["confusion"] = {"orientation": "C[true, pred]: rows = true class, columns = predicted class",
                         "classes": list(classes), "matrix": c.tolist()}
     return out
 
 
 def macro_f1(y_true, y_pred, n_classes: int) -> float:
-    return scores_from_confusion(confusion(y_true, y_pred, n_classes))["macro_f1"]
+    """Macro-F1 over the classes present in ``y_true`` (scikit-learn ``f1_score``, ``zero_division=0``)."""
+    from sklearn.metrics import f1_score
+
+    y_true = np.asarray(y_true, np.int64)
+    present = np.unique(y_true[(y_true >= 0) & (y_true < n_classes)])
+    if present.size == 0:
+        return 0.0
+    return float(f1_score(y_true, np.asarray(y_pred, np.int64), labels=present, average="macro", zero_division=0))
 
 
 # ---------------------------------------------------------------- calibration

@@ -44,7 +44,7 @@ def expand_session_groups(specs: Sequence[str]) -> list[list[str]]:
 class Predictor:
     """A trained model of any kind, as evaluation needs it."""
 
-    kind: str                      # snn | mlp | gbt
+    kind: str                      # snn | mlp | a baselines.BASELINES name (gbt, rf, knn, knn1)
     classes: list[str]
     encoding: dict
     temperature: float
@@ -54,8 +54,8 @@ class Predictor:
     mlp_pool: int = 10
 
     def logits(self, ds: SampleSet, batch_size: int = 256) -> np.ndarray:
-        if self.kind == "gbt":
-            return self.impl.decision(ds.features)
+        if self.kind not in ("snn", "mlp"):       # scikit-learn baselines read what they declare
+            return self.impl.decision(self.impl.inputs(ds))
         import torch
 
         from .baselines import mlp_inputs
@@ -102,11 +102,11 @@ def load_predictor(path: str | Path, device: str = "cpu") -> Predictor:
     except ValueError as err:
         raise ModelError(f"model {j}: not valid JSON ({err})")
     kind = spec.get("model_kind", "snn")
-    if spec.get("format") == BASELINE_FORMAT and kind == "gbt":
-        from .baselines import GBTBaseline
+    if spec.get("format") == BASELINE_FORMAT and kind != "mlp":
+        from .baselines import baseline
 
-        m, spec = GBTBaseline.load(d)
-        return Predictor("gbt", list(spec["classes"]), spec["encoding"], float(spec.get("temperature", 1.0)), spec, m)
+        m, spec = baseline(kind).load(d)
+        return Predictor(kind, list(spec["classes"]), spec["encoding"], float(spec.get("temperature", 1.0)), spec, m)
     if spec.get("format") == BASELINE_FORMAT and kind == "mlp":
         from safetensors.torch import load_file
 
@@ -253,6 +253,7 @@ class TrainOptions:
     input_value: str | None = None
     jobs: int = 1                   # worker processes for sample extraction (cache misses)
     model_overrides: dict = field(default_factory=dict)   # SNN model fields (beta_init, ...); experiments
+    baseline_params: dict = field(default_factory=dict)   # scikit-learn baseline hyper-parameters
 
 
 def load_samples(data, opts: TrainOptions, encoding=None, classes=None) -> SampleSet:
@@ -308,17 +309,18 @@ def fit_predictor(train: SampleSet, val: SampleSet, opts: TrainOptions, out: Pat
     n_cls = len(train.classes)
     common = {"classes": list(train.classes), "encoding": train.encoding, "max_packets": opts.max_packets,
               "training_data": train.summary, "task": opts.task}
-    if opts.model == "gbt":
-        from .baselines import GBTBaseline
+    if opts.model not in ("snn", "mlp"):
+        from .baselines import baseline
         from .metrics import fit_temperature
 
-        m = GBTBaseline(n_cls, seed=opts.seed).fit(train.features, train.y)
-        vl = m.decision(val.features) if len(val) else np.zeros((0, n_cls))
+        m = baseline(opts.model)(n_cls, seed=opts.seed, **opts.baseline_params)
+        m.fit(m.inputs(train), train.y)
+        vl = m.decision(m.inputs(val)) if len(val) else np.zeros((0, n_cls))
         temp = fit_temperature(vl, val.y) if len(val) else 1.0
         spec = {"format": BASELINE_FORMAT, "preset": opts.preset, **common, "temperature": temp,
                 "calibration": calibration_summary(vl, val.y, temp)}
         m.save(out, spec)
-        return Predictor("gbt", list(train.classes), train.encoding, temp, spec, m), {"history": []}
+        return Predictor(opts.model, list(train.classes), train.encoding, temp, spec, m), {"history": []}
     cfg = TrainConfig(preset=opts.preset, model=opts.model, epochs=opts.epochs, batch_size=opts.batch_size,
                       lr=opts.lr, seed=opts.seed, device=opts.device, quiet=opts.quiet, mlp_pool=opts.mlp_pool,
                       extra=dict(opts.recipe))
