@@ -117,3 +117,42 @@ def test_empty_table_still_has_a_header(tmp_path):
     w = TableWriter(tmp_path / "e.csv", "csv")
     assert w.close() == 0
     assert (tmp_path / "e.csv").read_text().strip() == ",".join(TABLE_FIELDS)
+
+
+@pytest.fixture(scope="module")
+def verdict_file(tmp_path_factory, pcap):
+    import trafficsnn
+    from trafficsnn.serve.demo import make_random_model
+
+    d = tmp_path_factory.mktemp("vmodel")
+    model = make_random_model(d / "m", classes=["x", "y"], seed=2)
+    vs = trafficsnn.Classifier(model, device="cpu").classify(pcap)
+    path = d / "verdicts.jsonl"
+    path.write_text("".join(json.dumps(v) + "\n" for v in vs) + "not json\n")
+    return path, vs
+
+
+def test_verdicts_to_csv_and_parquet(tmp_path, verdict_file, capsys):
+    path, vs = verdict_file
+    out = tmp_path / "v.csv"
+    main(["verdicts", str(path), "-o", str(out)])
+    assert "1 line(s) that are not verdicts" in capsys.readouterr().err
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == len(vs) == 12
+    for r, v in zip(rows, vs):
+        assert r["community_id"] == v["community_id"] and r["client_ip"] == v["flow"]["client"]
+        assert r["proto_name"] in ("tcp", "udp") and r["class"] == v["class"]
+        assert float(r["p_x"]) == v["probabilities"]["x"] and r["model_id"] == v["model"]["id"]
+    pq = pytest.importorskip("pyarrow.parquet")
+    outp = tmp_path / "v.parquet"
+    main(["verdicts", str(path), "-o", str(outp), "-q", "--zeek-names"])
+    t = pq.read_table(outp).to_pylist()
+    assert [r["community_id"] for r in t] == [v["community_id"] for v in vs]
+    assert t[0]["id.orig_h"] == vs[0]["flow"]["client"] and t[0]["ts"] == vs[0]["first_ts"]
+
+
+def test_verdicts_bad_extension_is_exit_2(tmp_path, verdict_file, capsys):
+    with pytest.raises(SystemExit) as ei:
+        main(["verdicts", str(verdict_file[0]), "-o", str(tmp_path / "v.xlsx")])
+    assert ei.value.code == 2 and capsys.readouterr().err.startswith("error: cannot tell the format")
