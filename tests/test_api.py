@@ -191,3 +191,13 @@ def test_live_interface(tmp_path):
     threading.Thread(target=send, daemon=True).start()
     got = [f for f in fl if f.key.server_port == 40999 or f.key.client_port == 40999]
     assert got and sum(f.packets for f in got) == 5
+
+
+def test_missing_pandas_is_a_clear_error(pcaps):
+    code = ("import sys; sys.modules['pandas'] = None\n"
+            "import trafficsnn\n"
+            f"try:\n    trafficsnn.Flows({str(pcaps[1])!r}).to_pandas()\n"
+            "except trafficsnn.errors.TrafficSNNError as e:\n    print(e)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert "pip install 'trafficsnn[pandas]'" in r.stdout, r.stderr
