@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "capture": ("capture", "Capture agent: live interface or pcap -> flow updates over ZeroMQ."),
     "classify": ("classify", "Classifier daemon: flow updates over ZeroMQ -> verdicts."),
     "replay": ("replay", "Classify the flows of capture files (capture + classifier)."),
+    "verdicts": ("verdicts", "Turn verdict JSON lines into a CSV or Parquet table."),
     "keys": ("keys", "Make CURVE key pairs for authenticated, encrypted links."),
 }
 

@@ -19,15 +19,20 @@ def _timeout(value: float | None) -> float | None:
 def extract_files(paths: list[str], out: str, *, fmt: str = "npz", idle_timeout: float | None = 120.0,
                   active_timeout: float | None = 1800.0, max_flows: int | None = 1_000_000,
                   tcp_close: bool = True, max_packets: int | None = None, strict: bool = False,
-                  progress: bool = False, batch_size: int = 65536, warn=None) -> dict:
+                  progress: bool = False, batch_size: int = 65536, warn=None, zeek_names: bool = False,
+                  packets: bool = True) -> dict:
     """Read, decode and assemble flows from ``paths`` and write them to ``out``.
+
+    ``fmt``: npz (columnar, what training reads), jsonl, csv or parquet (the table vocabulary of
+    ``flows.store.TABLE_FIELDS``; ``zeek_names`` uses Zeek conn.log names; ``packets=False``
+    leaves the per-packet lists out of Parquet; CSV never has them).
 
     Each file gets its own flow table. Damaged files give one warning (file, byte offset,
     reason) through ``warn`` and the packets before the damage are kept; ``strict`` raises
     instead. Returns a summary dict (files, packets, flows, skipped frames, errors, seconds).
     """
     from ..flows import Columnar, FlowTable, WholeFlows
-    from ..flows.store import FlowFileWriter, write_jsonl
+    from ..flows.store import FlowFileWriter, TableWriter, write_jsonl
     from ..packets import read_packets
 
     warn = warn or (lambda msg: click.echo(f"warning: {msg}", err=True))
@@ -42,7 +47,12 @@ def extract_files(paths: list[str], out: str, *, fmt: str = "npz", idle_timeout:
 
         bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="extract",
                    file=sys.stderr, dynamic_ncols=True)
-    cols = FlowFileWriter(out) if fmt == "npz" else None
+    if fmt == "npz":
+        cols = FlowFileWriter(out)
+    elif fmt in ("csv", "parquet"):
+        cols = TableWriter(out, fmt, packets=packets, zeek_names=zeek_names)
+    else:
+        cols = None
     jfh = None
     if fmt == "jsonl":
         jfh = sys.stdout if out == "-" else open(out, "w", encoding="utf-8")
@@ -51,7 +61,7 @@ def extract_files(paths: list[str], out: str, *, fmt: str = "npz", idle_timeout:
         if cols is not None:
             cols.add(flows)             # counts them: cols.n_flows
         else:
-            summary["flows"] += write_jsonl(jfh, flows)
+            summary["flows"] += write_jsonl(jfh, flows, zeek_names)
 
     try:
         for path in paths:
@@ -96,7 +106,7 @@ def extract_files(paths: list[str], out: str, *, fmt: str = "npz", idle_timeout:
         summary["flows"] = cols.n_flows
         meta = {"inputs": [os.path.abspath(p) for p in paths], "options": opts,
                 "summary": summary, "tool": f"trafficsnn {__version__}"}
-        cols.close(meta)
+        cols.close(meta) if fmt == "npz" else cols.close()
     summary["seconds"] = time.perf_counter() - t0
     return summary
 
@@ -104,9 +114,15 @@ def extract_files(paths: list[str], out: str, *, fmt: str = "npz", idle_timeout:
 @click.command(name="extract")
 @click.argument("captures", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("-o", "--out", required=True, metavar="PATH",
-              help="Output file (.npz columnar flows; with --format jsonl, '-' writes to stdout).")
-@click.option("--format", "fmt", type=click.Choice(["npz", "jsonl"]), default=None,
-              help="Output format [default: from the file name: .jsonl/.json -> jsonl, else npz].")
+              help="Output file: .npz (columnar, for training), .jsonl/.json, .csv or .parquet; '-' = JSON "
+                   "lines on stdout.")
+@click.option("--format", "fmt", type=click.Choice(["npz", "jsonl", "csv", "parquet"]), default=None,
+              help="Output format [default: from the file name; another extension is an error].")
+@click.option("--zeek-names", is_flag=True,
+              help="Tables (jsonl, csv, parquet) use Zeek conn.log names: ts, id.orig_h, id.orig_p, id.resp_h, "
+                   "id.resp_p, proto (name), ip_proto, orig_pkts, resp_pkts, orig_ip_bytes, resp_ip_bytes.")
+@click.option("--no-packets", is_flag=True,
+              help="Leave the per-packet lists (t, size, dir, tcp_flags) out of a Parquet file (CSV never has them).")
 @flow_table_options()
 @click.option("--tcp-close/--no-tcp-close", default=True, show_default=True,
               help="End TCP flows at RST, or at the FIN handshake (its last ACK, within 2 s, stays in the flow).")
@@ -116,24 +132,37 @@ def extract_files(paths: list[str], out: str, *, fmt: str = "npz", idle_timeout:
               help="nDPI-style flows: no timeouts, no TCP close (one flow per key per file).")
 @click.option("--strict", is_flag=True, help="Stop at the first damaged file instead of warning.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
-def command(captures, out, fmt, idle_timeout, active_timeout, max_flows, tcp_close, max_packets,
-            whole_file, strict, quiet):
+def command(captures, out, fmt, zeek_names, no_packets, idle_timeout, active_timeout, max_flows, tcp_close,
+            max_packets, whole_file, strict, quiet):
     """Turn capture files (pcap or pcapng, any mix) into bidirectional flows.
 
     Each flow has its key (VLAN, protocol, client and server address and port), counters,
     why it ended, and per packet: time, IP size, direction (0 = client to server), wire
-    length and TCP flags. The .npz output is what `trafficsnn train` reads fast; JSON lines
-    (one flow per line) are for people and other tools.
+    length and TCP flags. The .npz output is what `trafficsnn train` reads fast; CSV, Parquet
+    and JSON lines (one flow per row) are for people and other tools: addresses as text,
+    protocol number and name, Community ID v1 (joins Zeek and Suricata logs).
 
     \b
     Examples:
       trafficsnn extract trace.pcap -o flows.npz
       trafficsnn extract *.pcapng --whole-file -o flows.jsonl
+      trafficsnn extract trace.pcap --zeek-names -o flows.parquet
     """
-    if fmt is None:
-        fmt = "jsonl" if str(out).endswith((".jsonl", ".json")) or out == "-" else "npz"
-    if fmt == "npz" and out == "-":
+    from ..flows.store import format_of
+
+    try:
+        fmt = format_of(out, fmt)
+    except TrafficSNNError as err:
+        raise ConfigError(str(err)) from None
+    if fmt != "jsonl" and out == "-":
         raise ConfigError("--out - (stdout) needs --format jsonl")
+    if fmt == "parquet":
+        from ..flows.store import _need_pyarrow
+
+        try:
+            _need_pyarrow()
+        except TrafficSNNError as err:
+            raise ConfigError(str(err)) from None
     if out != "-" and Path(out).parent and not Path(out).parent.exists():
         raise ConfigError(f"output folder {Path(out).parent} does not exist")
     if out != "-":
@@ -157,7 +186,7 @@ def command(captures, out, fmt, idle_timeout, active_timeout, max_flows, tcp_clo
     s = extract_files(list(captures), out, fmt=fmt, idle_timeout=_timeout(idle_timeout),
                       active_timeout=_timeout(active_timeout), max_flows=max_flows or None,
                       tcp_close=tcp_close, max_packets=max_packets or None, strict=strict,
-                      progress=progress)
+                      progress=progress, zeek_names=zeek_names, packets=not no_packets)
     if not s["packets"]:
         if out != "-":
             Path(out).unlink(missing_ok=True)

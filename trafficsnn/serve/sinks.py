@@ -13,6 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from ..flows.community_id import flow_community_id
 from ..flows.records import FlowKey
 from ..packets.batch import words_to_ip
 
@@ -67,6 +68,7 @@ class Verdict:
         d: dict[str, Any] = {
             "sensor": self.sensor,
             "flow_id": self.flow_id,
+            "community_id": flow_community_id(k),
             "flow": {"proto": k.proto, "client": _ip(k.client_hi, k.client_lo), "client_port": k.client_port,
                      "server": _ip(k.server_hi, k.server_lo), "server_port": k.server_port, "vlan": k.vlan},
             "class": self.label,
@@ -92,8 +94,11 @@ class Verdict:
             return json.dumps(self.to_dict(), separators=(",", ":"))
         k = self.key
         probs = ",".join([f"{_js(c)}:{_f6(p)}" for c, p in self.probabilities.items()])
+        c = flow_community_id(k)
+        cid = "null" if c is None else f'"{c}"'   # base64 text: no JSON escaping needed
         lat = "" if self.latency_s is None else f',"latency_ms":{_r(round(self.latency_s * 1e3, 3))}'
-        return (f'{{"sensor":{_js(self.sensor)},"flow_id":{self.flow_id},"flow":{{"proto":{k.proto},'
+        return (f'{{"sensor":{_js(self.sensor)},"flow_id":{self.flow_id},'
+                f'"community_id":{cid},"flow":{{"proto":{k.proto},'
                 f'"client":"{_ip(k.client_hi, k.client_lo)}","client_port":{k.client_port},'
                 f'"server":"{_ip(k.server_hi, k.server_lo)}","server_port":{k.server_port},"vlan":{k.vlan}}},'
                 f'"class":{_js(self.label)},"confidence":{_f6(self.confidence)},"probabilities":{{{probs}}},'
