@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("synth", "Write synthetic ISCX-like labelled pcap files."),
     "train": ("train", "Train an SNN (or a baseline) on labelled captures."),
     "evaluate": ("evaluate", "Evaluate a model on labelled captures: metrics and plots."),
+    "curve": ("curve", "Early-classification curve (macro-F1 vs packets seen) by grouped cross-validation."),
     "capture": ("capture", "Capture agent: live interface or pcap -> flow updates over ZeroMQ."),
     "classify": ("classify", "Classifier daemon: flow updates over ZeroMQ -> verdicts."),
     "replay": ("replay", "Classify the flows of capture files (capture + classifier)."),
