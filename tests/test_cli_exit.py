@@ -36,3 +36,69 @@ def test_extract_negative_max_packets_is_a_usage_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as ei:
         main(["extract", str(good), "-o", str(tmp_path / "o.npz"), "--max-packets", "-1"])
     assert ei.value.code == 2 and "Traceback" not in capsys.readouterr().err
+
+
+@pytest.fixture
+def listener(tmp_path):
+    """A bare ZeroMQ PULL socket standing in for the classifier (the agent's handshake succeeds)."""
+    import zmq
+
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    pull.linger = 0
+    ep = f"ipc://{tmp_path}/updates"
+    pull.bind(ep)
+    yield ep
+    pull.close(0)
+    ctx.term()
+
+
+@pytest.mark.parametrize("content", [b"hello, not a capture\n", b""])
+def test_capture_pcap_with_no_readable_packet_exits_2(tmp_path, capsys, listener, content):
+    bad = tmp_path / "bad.pcap"
+    bad.write_bytes(content)
+    with pytest.raises(SystemExit) as ei:
+        main(["capture", "--pcap", str(bad), "--connect", listener, "-q", "--connect-timeout", "10"])
+    assert ei.value.code == 2
+    err = capsys.readouterr().err
+    assert "no packet could be read" in err and "bad.pcap" in err and "Traceback" not in err
+
+
+def test_capture_pcap_with_partial_damage_keeps_going_and_names_the_damaged_file(tmp_path, capsys, caplog, listener):
+    import json
+
+    good, bad = tmp_path / "good.pcap", tmp_path / "bad.pcap"
+    write_demo_pcap(good, n_flows=3, packets_per_flow=5)
+    bad.write_bytes(b"junk")
+    main(["capture", "--pcap", str(good), "--pcap", str(bad), "--connect", listener, "--connect-timeout", "10"])
+    err = capsys.readouterr().err
+    summary = json.loads([ln for ln in err.splitlines() if ln.startswith('{"capture"')][-1])
+    assert summary["capture"]["packets"] == 15 and list(summary["damaged"]) == [str(bad)]
+    assert "1 of 2 input(s) damaged" in caplog.text and "Traceback" not in err
+
+
+@pytest.fixture(scope="module")
+def random_model(tmp_path_factory):
+    from trafficsnn.serve.demo import make_random_model
+
+    return make_random_model(tmp_path_factory.mktemp("m") / "model")
+
+
+@pytest.mark.parametrize("content", [b"hello, not a capture\n", b""])
+def test_replay_with_no_readable_packet_exits_2(tmp_path, capsys, random_model, content):
+    bad = tmp_path / "bad.pcap"
+    bad.write_bytes(content)
+    with pytest.raises(SystemExit) as ei:
+        main(["replay", str(bad), "--inproc", "--model", str(random_model), "--device", "cpu", "-q"])
+    assert ei.value.code == 2
+    err = capsys.readouterr().err
+    assert "no packet could be read" in err and "bad.pcap" in err and "Traceback" not in err
+
+
+def test_replay_with_partial_damage_names_the_damaged_file(tmp_path, capsys, random_model):
+    good, bad = tmp_path / "good.pcap", tmp_path / "bad.pcap"
+    write_demo_pcap(good, n_flows=3, packets_per_flow=5)
+    bad.write_bytes(b"junk")
+    main(["replay", str(good), str(bad), "--inproc", "--model", str(random_model), "--device", "cpu", "-q"])
+    cap = capsys.readouterr()
+    assert "3 verdicts" in cap.err and "damaged: " in cap.err and str(bad) in cap.err.split("damaged: ")[-1]
