@@ -102,3 +102,36 @@ def test_replay_with_partial_damage_names_the_damaged_file(tmp_path, capsys, ran
     main(["replay", str(good), str(bad), "--inproc", "--model", str(random_model), "--device", "cpu", "-q"])
     cap = capsys.readouterr()
     assert "3 verdicts" in cap.err and "damaged: " in cap.err and str(bad) in cap.err.split("damaged: ")[-1]
+
+
+def test_train_and_evaluate_print_and_record_cut_and_unreadable_captures(tmp_path, capsys, monkeypatch):
+    import json
+
+    from trafficsnn.train.baselines import GBTBaseline
+
+    # this checks reporting, not the model: 5 boosting rounds instead of 200 keep it to seconds
+    monkeypatch.setattr(GBTBaseline.__init__, "__defaults__", (5, 0.1, 31, 0))
+    data = tmp_path / "data"
+    main(["synth", str(data), "--classes", "Chat,VoIP", "--flows-per-class", "4", "--captures-per-class", "3",
+          "--duration", "20", "25", "--seed", "2", "--quiet"])
+    (data / "Chat" / "junk.pcap").write_text("not a capture\n")
+    cut = sorted((data / "VoIP").glob("*.pcap"))[0]
+    raw = cut.read_bytes()
+    cut.write_bytes(raw[: len(raw) * 2 // 3])   # cut mid-file, usually mid-record
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    out = tmp_path / "m"
+    main(["train", str(data), "--out", str(out), "--model", "gbt", "--fractions", "0.34", "0.0", "0.66",
+          "--min-packets", "2", *cache, "--quiet"])
+    err = capsys.readouterr().err
+    rel_junk, rel_cut = "Chat/junk.pcap", f"VoIP/{cut.name}"
+    assert "2 capture(s) damaged or unreadable" in err and rel_junk in err and rel_cut in err
+    assert "Traceback" not in err
+    split = json.loads((out / "split.json").read_text())
+    assert set(split["damaged_captures"]) == {rel_junk, rel_cut}
+    assert split["damaged_captures"][rel_junk]["flows"] == 0 and split["damaged_captures"][rel_cut]["flows"] > 0
+    assert "magic" in split["damaged_captures"][rel_junk]["error"]
+    main(["evaluate", str(out), str(data), "--out", str(tmp_path / "r"), *cache, "--quiet", "--min-packets", "2"])
+    err = capsys.readouterr().err
+    assert rel_junk in err and rel_cut in err
+    rep = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert set(rep["damaged_captures"]) == {rel_junk, rel_cut}

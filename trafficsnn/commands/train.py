@@ -108,6 +108,9 @@ def command(data, out, preset, model_kind, epochs, batch_size, lr, seed, device,
     for w in caught:
         if issubclass(w.category, LeakySplitWarning):
             click.secho(f"WARNING: {w.message}", fg="red", err=True)
+    from ._options import echo_damaged
+
+    echo_damaged(summary.get("damaged_captures", {}), f"{out}/split.json")
     if not quiet:
         click.echo(_summary_line(summary))
 
