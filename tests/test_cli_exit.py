@@ -135,3 +135,62 @@ def test_train_and_evaluate_print_and_record_cut_and_unreadable_captures(tmp_pat
     assert rel_junk in err and rel_cut in err
     rep = json.loads((tmp_path / "r" / "report.json").read_text())
     assert set(rep["damaged_captures"]) == {rel_junk, rel_cut}
+
+
+# ------------------------------------------------------------------ the CLI error matrix
+
+@pytest.fixture
+def busy_port():
+    """A TCP port some other process holds (listening)."""
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    yield s.getsockname()[1]
+    s.close()
+
+
+MATRIX = {
+    # name: (argv with {tmp} {port} {model} {pcap}, text the one error line must hold)
+    "classify metrics port in use": ("classify --bind ipc://{tmp}/a --model {model} --device cpu --metrics-port {port}",
+                                     "cannot serve metrics on 127.0.0.1:{port}"),
+    "classify metrics port out of range": ("classify --bind ipc://{tmp}/a --model {model} --metrics-port 99999",
+                                           "--metrics-port"),
+    "classify --pub port in use": ("classify --bind ipc://{tmp}/a --model {model} --device cpu "
+                                   "--pub tcp://127.0.0.1:{port}", "cannot bind --pub tcp://127.0.0.1:{port}"),
+    "classify --bind port in use": ("classify --bind tcp://127.0.0.1:{port} --model {model} --device cpu",
+                                    "cannot bind ZeroMQ endpoint tcp://127.0.0.1:{port}: Address already in use"),
+    "classify --bind bad endpoint": ("classify --bind nonsense --model {model} --device cpu", "tcp://HOST:PORT"),
+    "classify --connect bad endpoint": ("classify --connect tcp://nohost --model {model} --device cpu",
+                                        "cannot connect ZeroMQ endpoint tcp://nohost"),
+    "classify --jsonl missing folder": ("classify --bind ipc://{tmp}/a --model {model} --jsonl {tmp}/no/v.jsonl",
+                                        "--jsonl {tmp}/no/v.jsonl: folder {tmp}/no does not exist"),
+    "classify missing --config": ("classify --config {tmp}/no.toml --bind ipc://{tmp}/a", "does not exist"),
+    "classify --config a folder": ("classify --config {tmp} --bind ipc://{tmp}/a", "--config"),
+    "capture --connect bad endpoint": ("capture --pcap {pcap} --connect nonsense", "tcp://HOST:PORT"),
+    "capture metrics port in use": ("capture --pcap {pcap} --connect ipc://{tmp}/a --metrics-port {port}",
+                                    "cannot serve metrics on 127.0.0.1:{port}"),
+    "capture metrics port out of range": ("capture --pcap {pcap} --connect ipc://{tmp}/a --metrics-port 70000",
+                                          "--metrics-port"),
+    "capture --snaplen too small": ("capture -i lo --snaplen 10 --connect ipc://{tmp}/a", "--snaplen"),
+    "capture unknown interface": ("capture -i nosuchif0 --connect ipc://{tmp}/a", "nosuchif0"),
+    "capture no source": ("capture --connect ipc://{tmp}/a", "give exactly one source"),
+    "train --lr -1": ("train {tmp} --out {tmp}/m --lr -1", "--lr"),
+    "extract -o a folder": ("extract {pcap} -o {tmp}", "-o"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MATRIX))
+def test_cli_error_matrix_one_line_exit_2_no_traceback(case, tmp_path, capsys, busy_port, random_model):
+    pcap = tmp_path / "good.pcap"
+    write_demo_pcap(pcap, n_flows=2, packets_per_flow=3)
+    argv, want = MATRIX[case]
+    fill = {"tmp": str(tmp_path), "port": busy_port, "model": str(random_model), "pcap": str(pcap)}
+    with pytest.raises(SystemExit) as ei:
+        main(argv.format(**fill).split())
+    err = capsys.readouterr().err
+    assert ei.value.code == 2, err
+    assert "Traceback" not in err and want.format(**fill) in err, err
+    lines = [ln for ln in err.splitlines() if ln.lower().startswith("error")]
+    assert len(lines) == 1, err   # one line naming the thing, never a printed Python tuple

@@ -20,7 +20,7 @@ from ._options import flow_table_options
 @click.option("--pps", type=float, default=None,
               help="With --pcap: replay at this fixed packet rate instead (like tcpreplay --pps).")
 @click.option("-f", "--filter", "bpf_filter", metavar="BPF", help="BPF filter, tcpdump syntax (in the kernel when live).")
-@click.option("--snaplen", type=int, default=256, show_default=True,
+@click.option("--snaplen", type=click.IntRange(64, 262144), default=256, show_default=True,
               help="Bytes kept per frame; headers only, payload is never read.")
 @click.option("--promisc/--no-promisc", default=False, show_default=True,
               help="Promiscuous mode (needs CAP_NET_ADMIN as well as CAP_NET_RAW).")
@@ -56,7 +56,7 @@ from ._options import flow_table_options
               metavar="SECONDS",
               help="With --pcap: wait this long for the handshake (CURVE included) with every classifier before "
                    "reading the files, and with --lossless for room to send; then exit 1 with an error.")
-@click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port.")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), default=None, help="Serve Prometheus metrics on this port.")
 @click.option("--metrics-addr", default="127.0.0.1", show_default=True, help="Address for the metrics endpoint.")
 @click.option("--curve-secret", type=click.Path(dir_okay=False), help="This sensor's CURVE NAME.key_secret file.")
 @click.option("--curve-server", type=click.Path(dir_okay=False), help="The classifier's public CURVE .key file.")

@@ -134,6 +134,8 @@ def command(captures, out, fmt, idle_timeout, active_timeout, max_flows, tcp_clo
         fmt = "jsonl" if str(out).endswith((".jsonl", ".json")) or out == "-" else "npz"
     if fmt == "npz" and out == "-":
         raise ConfigError("--out - (stdout) needs --format jsonl")
+    if out != "-" and Path(out).is_dir():
+        raise ConfigError(f"-o {out} is a folder: give a file name such as {Path(out) / 'flows.npz'}")
     if out != "-" and Path(out).parent and not Path(out).parent.exists():
         raise ConfigError(f"output folder {Path(out).parent} does not exist")
     if out != "-":

@@ -88,6 +88,10 @@ class AgentConfig:
             raise ConfigError("give --speed or --pps, not both")
         if bool(self.curve_secret) != bool(self.curve_server):
             raise ConfigError("CURVE needs both --curve-secret (own .key_secret) and --curve-server (server .key)")
+        if self.iface and not 64 <= self.snaplen <= 262144:
+            raise ConfigError(f"--snaplen must be within 64..262144 bytes, got {self.snaplen}")
+        if self.metrics_port is not None and not 1 <= self.metrics_port <= 65535:
+            raise ConfigError(f"--metrics-port must be within 1..65535, got {self.metrics_port}")
         if not 0 < self.connect_timeout <= 86400:
             raise ConfigError(f"--connect-timeout must be within (0, 86400] s, got {self.connect_timeout}")
         self._validate_live()
@@ -360,7 +364,14 @@ class CaptureAgent:
             from .metrics import Metrics
 
             self.metrics = Metrics(self.prometheus_snapshot)
-            self.metrics.serve(cfg.metrics_port, cfg.metrics_addr)
+            try:
+                self.metrics.serve(cfg.metrics_port, cfg.metrics_addr)
+            except BaseException:
+                self.metrics = None
+                self._link_failed = True   # nothing was sent: close at once
+                self.table = None
+                self._finish()
+                raise
         last_stats = last_clock = time.monotonic()
         last_rec = -np.inf
         tick = min(cfg.window or 1.0, 1.0)  # how often the clock alone is allowed to close windows

@@ -61,6 +61,14 @@ class ClassifyConfig:
     def validate(self) -> None:
         if not self.bind and not self.connect:
             raise ConfigError("give where updates arrive: --bind ENDPOINT (usual) or --connect ENDPOINT")
+        if self.jsonl and self.jsonl != "-":
+            from pathlib import Path
+
+            parent = Path(self.jsonl).expanduser().parent
+            if not parent.is_dir():
+                raise ConfigError(f"--jsonl {self.jsonl}: folder {parent} does not exist (create it first)")
+        if self.metrics_port is not None and not 1 <= self.metrics_port <= 65535:
+            raise ConfigError(f"--metrics-port must be within 1..65535, got {self.metrics_port}")
         if self.batch < 1 or self.batch_ms < 0:
             raise ConfigError("--batch must be >= 1 update and --batch-ms >= 0")
         if self.rcvhwm < 1:
@@ -128,19 +136,38 @@ class ClassifierDaemon:
         self.monitor: zmq.Socket | None = None   # failed handshakes on the PULL socket (tcp/ipc)
         self.handshakes_rejected: Counter[str] = Counter()
         self._handshake_logged = 0.0
-        self.sock = self._make_socket()
         self.sinks: list[Sink] = list(sinks or [])
         self.pub_socks: list[zmq.Socket] = []
+        self.metrics: Any = None
+        self.sock: Any = None
+        try:
+            self._open_outputs()
+            self.sock = self._make_socket()
+        except BaseException:
+            self._close()   # a bad option leaves no thread, socket or server behind
+            raise
+
+    def _open_outputs(self) -> None:
+        """Verdict sinks and the metrics endpoint; OS and ZeroMQ errors become one ConfigError naming the option."""
+        cfg = self.cfg
         if cfg.jsonl:
-            self.sinks.append(JsonLinesSink(cfg.jsonl))
+            try:
+                self.sinks.append(JsonLinesSink(cfg.jsonl))
+            except OSError as err:
+                raise ConfigError(f"cannot open --jsonl {cfg.jsonl}: {err.strerror or err} "
+                                  "(create its folder or choose a writable path)") from None
         for ep in cfg.pub:
             ps = self.ctx.socket(zmq.PUB)
             ps.sndhwm = 10_000
             ps.linger = 1000
-            ps.bind(ep)
             self.pub_socks.append(ps)
+            try:
+                ps.bind(ep)
+            except zmq.ZMQError as err:
+                from .agent import _endpoint_hint
+
+                raise ConfigError(f"cannot bind --pub {ep}: {err.strerror} ({_endpoint_hint(ep, 'bind')})") from None
             self.sinks.append(PubSink(ps))
-        self.metrics: Any = None
         if cfg.metrics_port:
             from .metrics import Metrics
 
@@ -177,6 +204,11 @@ class ClassifierDaemon:
         except zmq.ZMQError as err:
             self._close_monitor(s)
             s.close(0)
+            if self.auth is not None:
+                from .security import stop_auth
+
+                stop_auth(self.auth)
+                self.auth = None
             from .agent import _endpoint_hint
 
             how = "bind" if ep in cfg.bind else "connect"
@@ -411,9 +443,10 @@ class ClassifierDaemon:
                 s.close()
             except OSError:
                 pass
-        self._poll_handshakes()
-        self._close_monitor(self.sock)
-        self.sock.close(0)
+        if self.sock is not None:
+            self._poll_handshakes()
+            self._close_monitor(self.sock)
+            self.sock.close(0)
         for ps in self.pub_socks:
             ps.close()
         if self.auth is not None:
