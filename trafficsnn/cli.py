@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(err.exit_code)
     except TrafficSNNError as err:
         click.echo(f"error: {err}", err=True)
-        sys.exit(2)
+        sys.exit(getattr(err, "exit_code", 2))
     except BrokenPipeError:
         sys.exit(0)
     except KeyboardInterrupt:

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 
 class TrafficSNNError(Exception):
-    """Base class: the CLI prints ``str(err)`` (no traceback) and exits non-zero."""
+    """Base class: the CLI prints ``str(err)`` (no traceback) and exits with ``exit_code``."""
+
+    exit_code = 2   # usage, configuration, bad input
 
 
 class CaptureError(TrafficSNNError):
@@ -24,3 +26,9 @@ class ModelError(TrafficSNNError):
 
 class ConfigError(TrafficSNNError):
     """A bad option or configuration file."""
+
+
+class LinkError(TrafficSNNError):
+    """A ZeroMQ peer could not be reached, refused us, or stopped taking messages (a run-time failure)."""
+
+    exit_code = 1

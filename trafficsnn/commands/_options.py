@@ -24,3 +24,14 @@ def flow_table_options(max_flows_help: str = MAX_FLOWS_HELP) -> Callable:
         return f
 
     return decorate
+
+
+def echo_damaged(damaged: dict, where: str) -> None:
+    """One WARNING line per cut or unreadable capture (train / evaluate), and where they are recorded."""
+    if not damaged:
+        return
+    click.secho(f"WARNING: {len(damaged)} capture(s) damaged or unreadable (recorded in {where}):", fg="yellow",
+                err=True)
+    for name, d in sorted(damaged.items()):
+        used = f"{d.get('flows', 0)} flows before the damage used" if d.get("flows") else "unreadable, nothing used"
+        click.echo(f"  {name}: {d.get('error', '?')} ({used})", err=True)

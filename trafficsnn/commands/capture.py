@@ -20,7 +20,7 @@ from ._options import flow_table_options
 @click.option("--pps", type=float, default=None,
               help="With --pcap: replay at this fixed packet rate instead (like tcpreplay --pps).")
 @click.option("-f", "--filter", "bpf_filter", metavar="BPF", help="BPF filter, tcpdump syntax (in the kernel when live).")
-@click.option("--snaplen", type=int, default=256, show_default=True,
+@click.option("--snaplen", type=click.IntRange(64, 262144), default=256, show_default=True,
               help="Bytes kept per frame; headers only, payload is never read.")
 @click.option("--promisc/--no-promisc", default=False, show_default=True,
               help="Promiscuous mode (needs CAP_NET_ADMIN as well as CAP_NET_RAW).")
@@ -52,7 +52,11 @@ from ._options import flow_table_options
               help="Messages queued for the classifier before updates are dropped (sending never blocks).")
 @click.option("--lossless", is_flag=True,
               help="With --pcap: wait for the classifier instead of dropping (file replay).")
-@click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port.")
+@click.option("--connect-timeout", type=click.FloatRange(0, 86400, min_open=True), default=30.0, show_default=True,
+              metavar="SECONDS",
+              help="With --pcap: wait this long for the handshake (CURVE included) with every classifier before "
+                   "reading the files, and with --lossless for room to send; then exit 1 with an error.")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), default=None, help="Serve Prometheus metrics on this port.")
 @click.option("--metrics-addr", default="127.0.0.1", show_default=True, help="Address for the metrics endpoint.")
 @click.option("--curve-secret", type=click.Path(dir_okay=False), help="This sensor's CURVE NAME.key_secret file.")
 @click.option("--curve-server", type=click.Path(dir_okay=False), help="The classifier's public CURVE .key file.")
@@ -60,7 +64,7 @@ from ._options import flow_table_options
 @click.option("-v", "--verbose", is_flag=True, help="Log more.")
 def command(interface, pcap, speed, pps, bpf_filter, snaplen, promisc, ring, ring_mb, block_kb, block_timeout_ms,
             workers, fanout_group, connect, bind, sensor, every, window,
-            idle_timeout, active_timeout, max_flows, hwm, lossless, metrics_port, metrics_addr,
+            idle_timeout, active_timeout, max_flows, hwm, lossless, connect_timeout, metrics_port, metrics_addr,
             curve_secret, curve_server, quiet, verbose) -> None:
     """Capture packets, track flows and stream flow updates to a classifier over ZeroMQ.
 
@@ -85,6 +89,7 @@ def command(interface, pcap, speed, pps, bpf_filter, snaplen, promisc, ring, rin
                       snaplen=snaplen, promisc=promisc, connect=tuple(connect), bind=tuple(bind),
                       every=every, window=window or None, idle_timeout=idle_timeout or None,
                       active_timeout=active_timeout or None, max_flows=max_flows or None, hwm=hwm, lossless=lossless,
+                      connect_timeout=connect_timeout,
                       metrics_port=metrics_port, metrics_addr=metrics_addr, curve_secret=curve_secret,
                       curve_server=curve_server, ring=ring, ring_mb=ring_mb, block_kb=block_kb,
                       block_timeout_ms=block_timeout_ms, workers=workers, fanout_group=fanout_group)

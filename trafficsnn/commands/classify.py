@@ -40,7 +40,7 @@ from ..serve.config import config_option
                    "flushed and the daemon exits 0 (keep it well below the unit's TimeoutStopSec).")
 @click.option("--max-sensors", type=click.IntRange(min=1), default=256, show_default=True,
               help="Sensors whose counters are kept and exported; beyond it the longest silent one is dropped (counted).")
-@click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port.")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), default=None, help="Serve Prometheus metrics on this port.")
 @click.option("--metrics-addr", default="127.0.0.1", show_default=True, help="Address for the metrics endpoint.")
 @click.option("--curve-secret", type=click.Path(dir_okay=False), help="Server CURVE NAME.key_secret file.")
 @click.option("--curve-clients", type=click.Path(file_okay=False),

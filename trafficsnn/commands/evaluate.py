@@ -42,6 +42,9 @@ def command(model, data, out, labels_csv, rules, task, manifest, side, max_packe
                         min_packets=min_packets, device=device, cache_dir=cache_dir, no_cache=no_cache, quiet=quiet,
                         jobs=jobs)
     rep = evaluate_run(model, data, out, opts, side)
+    from ._options import echo_damaged
+
+    echo_damaged(rep.get("damaged_captures", {}), f"{out}/report.json")
     if not quiet:
         line = (f"{rep['n']} samples: accuracy {rep['accuracy']:.4f}, balanced accuracy "
                 f"{rep['balanced_accuracy']:.4f}, macro-F1 {rep['macro_f1']:.4f}")

@@ -163,6 +163,8 @@ def command(captures, out, fmt, zeek_names, no_packets, idle_timeout, active_tim
             _need_pyarrow()
         except TrafficSNNError as err:
             raise ConfigError(str(err)) from None
+    if out != "-" and Path(out).is_dir():
+        raise ConfigError(f"-o {out} is a folder: give a file name such as {Path(out) / 'flows.npz'}")
     if out != "-" and Path(out).parent and not Path(out).parent.exists():
         raise ConfigError(f"output folder {Path(out).parent} does not exist")
     if out != "-":

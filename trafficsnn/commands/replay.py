@@ -23,11 +23,17 @@ def command(captures, model, inproc, as_json, every, device, quiet) -> None:
     a ZeroMQ ipc:// socket (or one process with --inproc), exactly as they run
     in production, then prints each flow's final verdict and a table per class.
       trafficsnn replay trace.pcap
-      trafficsnn replay a.pcap b.pcapng --model run/model --json > verdicts.jsonl
+      trafficsnn replay a.pcap b.pcapng --model run/ --json > verdicts.jsonl
     """
     from ..serve.replay import replay, summary_rows, verdict_line
 
+    from ..errors import TrafficSNNError
+
     res = replay(list(captures), model=model, inproc=inproc, every=every, device=device)
+    damaged = f"; damaged: {', '.join(res.damaged)}" if res.damaged else ""
+    if not res.capture.get("packets"):
+        raise TrafficSNNError(f"no packet could be read from any of the {len(captures)} input(s){damaged} "
+                              "(give pcap or pcapng files that hold IP packets)")
     vs = sorted(res.verdicts, key=lambda v: (v["first_ts"], v["flow_id"]))
     if as_json:
         for v in vs:
@@ -45,4 +51,4 @@ def command(captures, model, inproc, as_json, every, device, quiet) -> None:
     cap = res.capture
     click.echo(f"{'total':<{width}}  {len(vs):>7}  {sum(r[2] for r in rows):>9}")
     click.echo(f"\n{cap.get('packets', 0)} packets in {cap.get('flows_created', 0)} flows, "
-               f"{cap.get('packets_dropped', 0)} dropped, {len(vs)} verdicts, {res.seconds:.2f} s", err=True)
+               f"{cap.get('packets_dropped', 0)} dropped, {len(vs)} verdicts, {res.seconds:.2f} s{damaged}", err=True)

@@ -34,7 +34,8 @@ state/ (resumable), test_report/ (report.json, report.md, confusion.png), summar
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Epochs (default: the preset's).")
 @click.option("--batch-size", type=click.IntRange(1), default=None,
               help="Batch size (default: the preset's; improved: 32, paper: 128).")
-@click.option("--lr", type=float, default=None, help="Learning rate (default: the preset's).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Learning rate, > 0 (default: the preset's).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the split, sampler and weights.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--split", type=click.Choice(["grouped", "paper"]), default="grouped", show_default=True,
@@ -111,6 +112,9 @@ def command(data, out, preset, model_kind, epochs, batch_size, lr, seed, device,
     for w in caught:
         if issubclass(w.category, LeakySplitWarning):
             click.secho(f"WARNING: {w.message}", fg="red", err=True)
+    from ._options import echo_damaged
+
+    echo_damaged(summary.get("damaged_captures", {}), f"{out}/split.json")
     if not quiet:
         click.echo(_summary_line(summary))
 

@@ -25,7 +25,7 @@ import numpy as np
 import zmq
 
 from .. import wire
-from ..errors import ConfigError
+from ..errors import ConfigError, LinkError
 from ..flows.records import FlowUpdate
 from .sdnotify import Notifier
 
@@ -67,6 +67,9 @@ class AgentConfig:
     workers: int = 1                    # capture processes in one PACKET_FANOUT (hash) group, each its own table
     fanout_group: int | None = None     # the group id (default with workers > 1: from the process id)
     lossless_linger_s: float = 600.0    # lossless: how long closing waits for queued messages to leave
+    # --pcap: how long to wait for every classifier's handshake (CURVE included) before reading the
+    # files, and with --lossless for room to send; then the run ends with a LinkError (never a silent hang)
+    connect_timeout: float = 30.0
 
     def validate(self) -> None:
         if bool(self.iface) == bool(self.pcap):
@@ -85,6 +88,12 @@ class AgentConfig:
             raise ConfigError("give --speed or --pps, not both")
         if bool(self.curve_secret) != bool(self.curve_server):
             raise ConfigError("CURVE needs both --curve-secret (own .key_secret) and --curve-server (server .key)")
+        if self.iface and not 64 <= self.snaplen <= 262144:
+            raise ConfigError(f"--snaplen must be within 64..262144 bytes, got {self.snaplen}")
+        if self.metrics_port is not None and not 1 <= self.metrics_port <= 65535:
+            raise ConfigError(f"--metrics-port must be within 1..65535, got {self.metrics_port}")
+        if not 0 < self.connect_timeout <= 86400:
+            raise ConfigError(f"--connect-timeout must be within (0, 86400] s, got {self.connect_timeout}")
         self._validate_live()
 
     def _validate_live(self) -> None:
@@ -135,6 +144,11 @@ class CaptureAgent:
         self._walls: list[float] = []
         self._pending_since = 0.0
         self.live_path = ""
+        self.damaged: dict[str, str] = {}   # --pcap: file -> what was wrong with it
+        self._link_failed = False           # a LinkError ended the run: closing must not wait for the peer
+        # --pcap: socket -> (monitor socket, endpoint) until its first handshake succeeded
+        self._monitors: dict[zmq.Socket, tuple[zmq.Socket, str]] = {}
+        self._endpoint: dict[zmq.Socket, str] = {}
         # --workers: a worker reports ("ready"|"stats", snapshot) to its supervisor through this
         self.report: Any = None
         self._last_report = 0.0
@@ -155,13 +169,88 @@ class CaptureAgent:
             from .security import secure_client
 
             secure_client(s, cfg.curve_secret, cfg.curve_server or "")
+        ep0 = endpoints[0][1]
+        if cfg.pcap and not ep0.startswith("inproc://"):
+            # file replay waits for the handshake before sending (see _await_handshakes); inproc has none
+            self._monitors[s] = (s.get_monitor_socket(_HANDSHAKE_EVENTS), ep0)
+        self._endpoint[s] = ep0
         try:
             for how, ep in endpoints:
                 getattr(s, how)(ep)
         except zmq.ZMQError as err:
+            self._close_monitor(s)
             s.close(0)
-            raise ConfigError(f"cannot use ZeroMQ endpoint {endpoints[0][1]}: {err}") from err
+            raise ConfigError(f"cannot {endpoints[0][0]} ZeroMQ endpoint {ep0}: {err.strerror} "
+                              f"({_endpoint_hint(ep0, endpoints[0][0])})") from None
         return s
+
+    def _close_monitor(self, sock: zmq.Socket) -> None:
+        mon = self._monitors.pop(sock, None)
+        if mon is not None:
+            try:
+                sock.disable_monitor()
+            except zmq.ZMQError:
+                pass
+            mon[0].close(0)
+
+    def _await_handshakes(self) -> bool:
+        """--pcap: block until every socket has completed a ZMTP handshake (CURVE included) with a classifier.
+
+        Updates sent before that would be lost (the socket only queues to connected peers), so a
+        file is not read before. A refused key or a mechanism mismatch ends the run at once, no
+        handshake within ``connect_timeout`` seconds too: both as one LinkError. False on stop()."""
+        from zmq.utils.monitor import recv_monitor_message
+
+        if not self._monitors:
+            return True
+        cfg = self.cfg
+        deadline = time.monotonic() + cfg.connect_timeout
+        why: dict[zmq.Socket, str] = {}
+        poller = zmq.Poller()
+        for mon, _ in self._monitors.values():
+            poller.register(mon, zmq.POLLIN)
+        while self._monitors:
+            if self._stop.is_set():
+                return False
+            now = time.monotonic()
+            if now >= deadline:
+                sock, (_, ep) = next(iter(self._monitors.items()))
+                self._link_failed = True
+                hint = why.get(sock) or (f"is `trafficsnn classify --bind {ep}` running?" if self.cfg.connect
+                                         else "no classifier connected")
+                raise LinkError(f"no handshake with a classifier on {ep} within {cfg.connect_timeout:g} s "
+                                f"(--connect-timeout): {hint}; nothing was sent")
+            ready = dict(poller.poll(int(min(100, (deadline - now) * 1000)) + 1))
+            for sock, (mon, ep) in list(self._monitors.items()):
+                if mon not in ready:
+                    continue
+                while mon.poll(0):
+                    ev = recv_monitor_message(mon)
+                    kind = ev["event"]
+                    if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                        poller.unregister(mon)
+                        self._close_monitor(sock)
+                        log.info("handshake with the classifier on %s done%s", ep,
+                                 " (CURVE)" if cfg.curve_secret else "")
+                        break
+                    if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                        self._link_failed = True
+                        raise LinkError(f"the classifier on {ep} refused this sensor's CURVE key (ZAP status "
+                                        f"{ev['value']}): copy the public key that goes with {cfg.curve_secret} "
+                                        "into the classifier's --curve-clients directory"
+                                        if cfg.curve_secret else
+                                        f"the classifier on {ep} refused this sensor (ZAP status {ev['value']})")
+                    if kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+                        self._link_failed = True
+                        raise LinkError(f"handshake with the classifier on {ep} failed: "
+                                        + ("it does not speak CURVE (drop --curve-secret/--curve-server, or start "
+                                           "it with --curve-secret/--curve-clients)" if cfg.curve_secret else
+                                           "it expects CURVE (give --curve-secret and --curve-server)"))
+                    if kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+                        why[sock] = ("the classifier closed every handshake (is --curve-server its public key?)"
+                                     if cfg.curve_secret else "the classifier closed every handshake")
+            self._housekeeping(time.monotonic())
+        return True
 
     def _make_table(self) -> Any:
         from ..flows import EveryK, FlowTable
@@ -191,6 +280,8 @@ class CaptureAgent:
             return
         from ..packets import open_capture
 
+        if not self._await_handshakes():
+            return
         self.ready()
         for path in cfg.pcap:
             reader = open_capture(path, batch_size=cfg.read_batch)
@@ -235,6 +326,7 @@ class CaptureAgent:
                     yield part
             for err in getattr(reader, "errors", []):
                 log.warning("%s", err)
+                self.damaged.setdefault(str(path), str(err))
             self.source_stats[str(path)] = dict(getattr(reader, "stats", {}))
 
     def _wait_until(self, due: float) -> bool:
@@ -272,7 +364,14 @@ class CaptureAgent:
             from .metrics import Metrics
 
             self.metrics = Metrics(self.prometheus_snapshot)
-            self.metrics.serve(cfg.metrics_port, cfg.metrics_addr)
+            try:
+                self.metrics.serve(cfg.metrics_port, cfg.metrics_addr)
+            except BaseException:
+                self.metrics = None
+                self._link_failed = True   # nothing was sent: close at once
+                self.table = None
+                self._finish()
+                raise
         last_stats = last_clock = time.monotonic()
         last_rec = -np.inf
         tick = min(cfg.window or 1.0, 1.0)  # how often the clock alone is allowed to close windows
@@ -318,21 +417,27 @@ class CaptureAgent:
 
     def _finish(self) -> None:
         self.notifier.stopping("flushing flows")
-        if self.table is not None:
-            self._queue(self.table.flush("eof"), time.time())
-        self._send_pending()
-        self._send_stats(eos=True)
-        for sock in self.socks:
-            if self.cfg.lossless and not self._stop.is_set():
-                # lossless replay: what ZeroMQ accepted must reach the classifier, however far behind it is
-                sock.linger = int(self.cfg.lossless_linger_s * 1000)
-            else:
-                sock.linger = 2000  # give what is queued a moment to leave
-            sock.close()
-        if self._own_ctx:
-            self.ctx.term()  # waits (up to the linger) until queued messages have left the process
-        if self.metrics is not None:
-            self.metrics.close()
+        try:
+            if not self._link_failed:
+                if self.table is not None:
+                    self._queue(self.table.flush("eof"), time.time())
+                self._send_pending()
+                self._send_stats(eos=True)
+        finally:
+            for sock in self.socks:
+                self._close_monitor(sock)
+                if self._link_failed:
+                    sock.linger = 0  # the peer is gone or refused us: nothing queued will leave
+                elif self.cfg.lossless and not self._stop.is_set():
+                    # lossless replay: what ZeroMQ accepted must reach the classifier, however far behind it is
+                    sock.linger = int(self.cfg.lossless_linger_s * 1000)
+                else:
+                    sock.linger = 2000  # give what is queued a moment to leave
+                sock.close()
+            if self._own_ctx:
+                self.ctx.term()  # waits (up to the linger) until queued messages have left the process
+            if self.metrics is not None:
+                self.metrics.close()
 
     # ------------------------------------------------------------- sending
     def _queue(self, items: list[Any], wall: float) -> None:
@@ -391,14 +496,24 @@ class CaptureAgent:
             self.counters["packets_dropped"] += npk
 
     def _deliver(self, frames: list[Any], sock: zmq.Socket) -> bool:
+        since = None
         while True:
             try:
                 sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
                 return True
             except zmq.Again:
-                if not self.cfg.lossless or self._stop.is_set():
+                if not self.cfg.lossless or self._stop.is_set() or self._link_failed:
                     return False
-                # lossless file replay: wait for room, but keep the watchdog fed and obey SIGTERM
+                # lossless file replay: wait for room, but keep the watchdog fed and obey SIGTERM;
+                # a classifier that takes nothing for --connect-timeout seconds ends the run
+                now = time.monotonic()
+                since = now if since is None else since
+                if now - since > self.cfg.connect_timeout:
+                    self._link_failed = True
+                    self.counters["messages_dropped"] += 1
+                    raise LinkError(f"the classifier on {self._endpoint.get(sock, '?')} took no message for "
+                                    f"{self.cfg.connect_timeout:g} s (--connect-timeout; gone or stuck?); "
+                                    f"stopped after {self.counters['updates_sent']} updates sent")
                 sock.poll(100, zmq.POLLOUT)
                 self._housekeeping(time.monotonic())
 
@@ -460,6 +575,21 @@ class CaptureAgent:
                 f"{c['updates_dropped']} dropped ({c['packets_dropped']} packets)")
 
 
+_HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+
+
+def _endpoint_hint(ep: str, how: str) -> str:
+    """What to do about an endpoint ZeroMQ refused (bad syntax, address in use, missing folder)."""
+    if "://" not in ep:
+        return "write it as tcp://HOST:PORT, ipc:///PATH or inproc://NAME"
+    if how == "bind" and ep.startswith("tcp://"):
+        return "is another process bound there? choose another port or stop it"
+    if ep.startswith("ipc://"):
+        return "does the socket's folder exist and is it writable?"
+    return "check the address"
+
+
 def _slice(fb: Any, a: int, b: int) -> Any:
     """Frames a..b of a FrameBatch (same data buffer, no copy)."""
     return type(fb)(data=fb.data, offset=fb.offset[a:b], caplen=fb.caplen[a:b], wire_len=fb.wire_len[a:b],
@@ -473,12 +603,36 @@ def run_agent(cfg: AgentConfig, *, quiet: bool = False) -> dict[str, Any]:
     agent = CaptureAgent(cfg)
     agent.install_signals()
     snap = agent.run()
+    c = snap["counters"]
     if not quiet:
-        out: dict[str, Any] = {"capture": snap["counters"]}
+        out: dict[str, Any] = {"capture": c}
         if snap.get("live_path"):
             out["live_path"] = snap["live_path"]
+        if agent.damaged:
+            out["damaged"] = agent.damaged
         print(json.dumps(out, sort_keys=True), file=sys.stderr)
+    if cfg.pcap:
+        check_pcap_run(c, agent.damaged, len(cfg.pcap), stopped=agent._stop.is_set())
     return snap
+
+
+def check_pcap_run(c: dict[str, Any], damaged: dict[str, str], n_inputs: int, stopped: bool = False) -> None:
+    """End of a --pcap run: no packet read is an error (exit 2); dropped updates a WARNING, all dropped exit 1."""
+    from ..errors import TrafficSNNError
+
+    names = f"; damaged: {', '.join(damaged)}" if damaged else ""
+    if not c.get("packets") and not stopped:
+        raise TrafficSNNError(f"no packet could be read from any of the {n_inputs} input(s){names} "
+                              "(give pcap or pcapng files that hold IP packets)")
+    if damaged:
+        log.warning("%d of %d input(s) damaged, packets before the damage were used%s", len(damaged), n_inputs, names)
+    if c.get("updates_dropped"):
+        log.warning("%d of %d updates (%d packets) were dropped: the classifier did not keep up or went away "
+                    "(--lossless waits for it instead)", c["updates_dropped"], c.get("updates", 0),
+                    c.get("packets_dropped", 0))
+        if not c.get("updates_sent"):
+            raise LinkError(f"every update was dropped ({c['updates_dropped']} updates, {c.get('packets_dropped', 0)} "
+                            "packets): no classifier received anything")
 
 
 # ----------------------------------------------------------------------------- --workers N

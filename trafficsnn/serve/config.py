@@ -24,6 +24,8 @@ def load_section(path: str | Path, section: str, known: set[str] | dict[str, str
         data = tomllib.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError as err:
         raise ConfigError(f"config file {p} does not exist") from err
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {p}: {err.strerror or err} (check its permissions)") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{p} is not valid TOML: {err}") from err
     table = data.get(section, {})

@@ -61,6 +61,14 @@ class ClassifyConfig:
     def validate(self) -> None:
         if not self.bind and not self.connect:
             raise ConfigError("give where updates arrive: --bind ENDPOINT (usual) or --connect ENDPOINT")
+        if self.jsonl and self.jsonl != "-":
+            from pathlib import Path
+
+            parent = Path(self.jsonl).expanduser().parent
+            if not parent.is_dir():
+                raise ConfigError(f"--jsonl {self.jsonl}: folder {parent} does not exist (create it first)")
+        if self.metrics_port is not None and not 1 <= self.metrics_port <= 65535:
+            raise ConfigError(f"--metrics-port must be within 1..65535, got {self.metrics_port}")
         if self.batch < 1 or self.batch_ms < 0:
             raise ConfigError("--batch must be >= 1 update and --batch-ms >= 0")
         if self.rcvhwm < 1:
@@ -125,19 +133,41 @@ class ClassifierDaemon:
         self._reload = threading.Event()
         self._dump = threading.Event()
         self.auth: Any = None
-        self.sock = self._make_socket()
+        self.monitor: zmq.Socket | None = None   # failed handshakes on the PULL socket (tcp/ipc)
+        self.handshakes_rejected: Counter[str] = Counter()
+        self._handshake_logged = 0.0
         self.sinks: list[Sink] = list(sinks or [])
         self.pub_socks: list[zmq.Socket] = []
+        self.metrics: Any = None
+        self.sock: Any = None
+        try:
+            self._open_outputs()
+            self.sock = self._make_socket()
+        except BaseException:
+            self._close()   # a bad option leaves no thread, socket or server behind
+            raise
+
+    def _open_outputs(self) -> None:
+        """Verdict sinks and the metrics endpoint; OS and ZeroMQ errors become one ConfigError naming the option."""
+        cfg = self.cfg
         if cfg.jsonl:
-            self.sinks.append(JsonLinesSink(cfg.jsonl))
+            try:
+                self.sinks.append(JsonLinesSink(cfg.jsonl))
+            except OSError as err:
+                raise ConfigError(f"cannot open --jsonl {cfg.jsonl}: {err.strerror or err} "
+                                  "(create its folder or choose a writable path)") from None
         for ep in cfg.pub:
             ps = self.ctx.socket(zmq.PUB)
             ps.sndhwm = 10_000
             ps.linger = 1000
-            ps.bind(ep)
             self.pub_socks.append(ps)
+            try:
+                ps.bind(ep)
+            except zmq.ZMQError as err:
+                from .agent import _endpoint_hint
+
+                raise ConfigError(f"cannot bind --pub {ep}: {err.strerror} ({_endpoint_hint(ep, 'bind')})") from None
             self.sinks.append(PubSink(ps))
-        self.metrics: Any = None
         if cfg.metrics_port:
             from .metrics import Metrics
 
@@ -162,15 +192,63 @@ class ClassifierDaemon:
             from .security import secure_server
 
             self.auth = secure_server(self.ctx, s, cfg.curve_secret, cfg.curve_clients or "")
+        if any(not ep.startswith("inproc://") for ep in (*cfg.bind, *cfg.connect)):
+            self.monitor = s.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                                                | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
         try:
+            ep = ""
             for ep in cfg.bind:
                 s.bind(ep)
             for ep in cfg.connect:
                 s.connect(ep)
         except zmq.ZMQError as err:
+            self._close_monitor(s)
             s.close(0)
-            raise ConfigError(f"cannot use ZeroMQ endpoint {cfg.bind or cfg.connect}: {err}") from err
+            if self.auth is not None:
+                from .security import stop_auth
+
+                stop_auth(self.auth)
+                self.auth = None
+            from .agent import _endpoint_hint
+
+            how = "bind" if ep in cfg.bind else "connect"
+            raise ConfigError(f"cannot {how} ZeroMQ endpoint {ep}: {err.strerror} ({_endpoint_hint(ep, how)})") from None
         return s
+
+    def _close_monitor(self, sock: zmq.Socket) -> None:
+        if self.monitor is not None:
+            try:
+                sock.disable_monitor()
+            except zmq.ZMQError:
+                pass
+            self.monitor.close(0)
+            self.monitor = None
+
+    _HANDSHAKE_REASONS = {zmq.EVENT_HANDSHAKE_FAILED_AUTH: "key_refused", zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "protocol",
+                          zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "other"}
+
+    def _poll_handshakes(self) -> None:
+        """Count failed handshakes (refused CURVE keys, plaintext or wrong-key peers); one log line a minute."""
+        if self.monitor is None:
+            return
+        from zmq.utils.monitor import parse_monitor_message
+
+        new: Counter[str] = Counter()
+        for _ in range(1000):   # bounded per loop turn
+            try:
+                ev = parse_monitor_message(self.monitor.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                break
+            new[self._HANDSHAKE_REASONS.get(ev["event"], "other")] += 1
+        if not new:
+            return
+        self.handshakes_rejected.update(new)
+        now = time.monotonic()
+        if now - self._handshake_logged >= 60.0:
+            self._handshake_logged = now
+            log.warning("rejected %d handshake(s) (%s; %d in all): a sensor with a key not in --curve-clients, "
+                        "a plaintext sensor, or one with the wrong --curve-server key", sum(new.values()),
+                        ", ".join(f"{k} {v}" for k, v in sorted(new.items())), sum(self.handshakes_rejected.values()))
 
     # ------------------------------------------------------------- control
     def install_signals(self) -> None:
@@ -241,6 +319,7 @@ class ClassifierDaemon:
                 if self.cfg.exit_after_eos and len(self.eos) >= self.cfg.exit_after_eos:
                     self._drain()
                     break
+                self._poll_handshakes()
                 now = time.monotonic()
                 self.notifier.watchdog(now)
                 if now - last_status >= 5.0:
@@ -364,7 +443,10 @@ class ClassifierDaemon:
                 s.close()
             except OSError:
                 pass
-        self.sock.close(0)
+        if self.sock is not None:
+            self._poll_handshakes()
+            self._close_monitor(self.sock)
+            self.sock.close(0)
         for ps in self.pub_socks:
             ps.close()
         if self.auth is not None:
@@ -384,6 +466,7 @@ class ClassifierDaemon:
         return {
             "model": {"id": self.handle.model_id, "sha256": self.handle.sha256},
             "counters": {**e["counters"], **self.counters},
+            "handshakes_rejected": dict(self.handshakes_rejected),
             "drops": drops,
             "verdicts_by_class": e["verdicts_by_class"],
             "active_flows": e["active_flows"],
@@ -407,6 +490,8 @@ class ClassifierDaemon:
                 "sensor_updates_dropped_total": {**sensor_drops, "_label": "sensor"},
                 "model_reloads_total": c.get("reloads", 0),
                 "model_reload_failures_total": c.get("reload_failed", 0),
+                "handshakes_rejected_total": {"key_refused": 0, "protocol": 0, "other": 0,
+                                              **s["handshakes_rejected"], "_label": "reason"},
                 "sensors_evicted_total": c.get("sensors_evicted", 0),
                 "oversize_packets_dropped_total": c.get("oversize_packets_dropped", 0),
                 "state_full_packets_dropped_total": c.get("packets_refused_state_full", 0),

@@ -75,7 +75,18 @@ class Metrics:
         self.server: Any = None
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> None:
-        self.server = start_http_server(port, addr=addr, registry=self.registry)
+        """Start the HTTP endpoint; a port in use or out of range, or a bad address, is one ConfigError."""
+        from ..errors import ConfigError
+
+        if not isinstance(port, int) or not 1 <= port <= 65535:
+            raise ConfigError(f"--metrics-port must be within 1..65535, got {port}")
+        try:
+            self.server = start_http_server(port, addr=addr, registry=self.registry)
+        except OSError as err:
+            raise ConfigError(f"cannot serve metrics on {addr}:{port}: {err.strerror or err} (choose another "
+                              "--metrics-port, stop the process using it, or fix --metrics-addr)") from None
+        except (OverflowError, ValueError) as err:
+            raise ConfigError(f"cannot serve metrics on {addr}:{port}: {err}") from None
 
     def close(self) -> None:
         if self.server is not None:

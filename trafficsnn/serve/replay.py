@@ -31,6 +31,7 @@ class ReplayResult:
     capture: dict[str, Any]
     classify: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    damaged: dict[str, str] = field(default_factory=dict)   # capture file -> what was wrong with it
 
 
 def replay(paths: list[str], *, model: str | None = None, inproc: bool = False, every: int = 8,
@@ -39,8 +40,10 @@ def replay(paths: list[str], *, model: str | None = None, inproc: bool = False, 
            ) -> ReplayResult:
     with tempfile.TemporaryDirectory(prefix="trafficsnn-replay-") as tmp:
         out = Path(tmp) / "verdicts.jsonl"
+        # the classifier child may take a while to import torch and load the model; if it dies
+        # instead, _watch stops the agent, so waiting as long as the whole replay may take is safe
         acfg = AgentConfig(pcap=tuple(paths), sensor="replay", every=every, window=window, lossless=True,
-                           hwm=100, stats_interval=0)
+                           hwm=100, stats_interval=0, connect_timeout=timeout)
         t0 = time.monotonic()
         if inproc:
             return _replay_inproc(acfg, model, device, emit, batch, batch_ms, t0)
@@ -77,7 +80,7 @@ def replay(paths: list[str], *, model: str | None = None, inproc: bool = False, 
             if line.startswith('{"classify"'):
                 stats = json.loads(line)["classify"]
         verdicts = [json.loads(ln) for ln in out.read_text().splitlines() if ln.strip()] if out.exists() else []
-        return ReplayResult(verdicts, cap["counters"], stats, time.monotonic() - t0)
+        return ReplayResult(verdicts, cap["counters"], stats, time.monotonic() - t0, dict(agent.damaged))
 
 
 def _watch(proc: subprocess.Popen, agent: CaptureAgent) -> None:
@@ -104,13 +107,15 @@ def _replay_inproc(acfg: AgentConfig, model: str | None, device: str, emit: str,
     try:
         agent = CaptureAgent(acfg, ctx=ctx)
         cap = agent.run()
+        damaged = dict(agent.damaged)
     finally:
         th.join(timeout=600)
         if th.is_alive():
             daemon.stop()
             th.join(timeout=30)
         ctx.term()
-    return ReplayResult([v.to_dict() for v in sink.verdicts], cap["counters"], result, time.monotonic() - t0)
+    return ReplayResult([v.to_dict() for v in sink.verdicts], cap["counters"], result, time.monotonic() - t0,
+                        damaged)
 
 
 def summary_rows(verdicts: list[dict[str, Any]]) -> list[tuple[str, int, int, float]]:

@@ -3,19 +3,66 @@
 Key files are ZeroMQ's own certificate format (``zmq.auth``): ``NAME.key``
 holds the public key, ``NAME.key_secret`` both keys. The classifier (server)
 loads its secret file and accepts only clients whose public key files are in
-an authorized directory (checked by a ``ThreadAuthenticator``). Never imports torch.
+an authorized directory (checked by a ``ThreadAuthenticator`` that logs every
+refused client: its key and address, at most once a minute per key). Never imports torch.
 """
 from __future__ import annotations
 
+import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils import z85
 
 from ..errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class LoggingAuthenticator(ThreadAuthenticator):
+    """A ``ThreadAuthenticator`` that logs refused clients (public key, address, reason) and counts them.
+
+    A refused client retries, so one line per key is written at most every ``log_every_s``
+    seconds; ``refused`` counts every ZAP refusal (the daemon's socket monitor counts all
+    failed handshakes, these included)."""
+
+    log_every_s = 60.0
+
+    def __init__(self, ctx: zmq.Context):
+        super().__init__(ctx)
+        self.refused = 0
+        self._last_logged: dict[str, float] = {}
+        self._peer = ("?", "?")
+
+    async def handle_zap_message(self, msg: list[bytes]) -> None:
+        try:
+            addr = msg[3].decode("utf-8", "replace") if len(msg) > 3 else "?"
+            key = z85.encode(msg[6]).decode() if len(msg) > 6 and msg[5] == b"CURVE" \
+                and len(msg[6]) == 32 else "?"
+        except Exception:  # noqa: BLE001 - a malformed ZAP request is refused by the base class
+            addr, key = "?", "?"
+        self._peer = (addr, key)
+        await super().handle_zap_message(msg)
+
+    def _send_zap_reply(self, request_id: bytes, status_code: bytes, status_text: bytes,
+                        user_id: str = "anonymous") -> None:
+        if status_code != b"200":
+            self.refused += 1
+            addr, key = self._peer
+            now = time.monotonic()
+            if len(self._last_logged) > 4096:
+                self._last_logged.clear()
+            if now - self._last_logged.get(key, -1e18) >= self.log_every_s:
+                self._last_logged[key] = now
+                log.warning("refused CURVE client key %s from %s (%s): its public key file is not in the "
+                            "--curve-clients directory (%d refusals so far)", key, addr,
+                            status_text.decode("utf-8", "replace"), self.refused)
+        super()._send_zap_reply(request_id, status_code, status_text, user_id)
 
 
 def make_keys(directory: str | Path, name: str) -> tuple[Path, Path]:
@@ -58,7 +105,7 @@ def secure_server(ctx: zmq.Context, sock: zmq.Socket, secret_file: str | Path,
     cdir = Path(clients_dir)
     if not cdir.is_dir():
         raise ConfigError(f"authorized client key directory {cdir} does not exist")
-    auth = ThreadAuthenticator(ctx)
+    auth = LoggingAuthenticator(ctx)
     auth.start()
     auth.configure_curve(domain="*", location=str(cdir))
     sock.curve_secretkey = secret

@@ -78,6 +78,7 @@ class CaptureSamples:
     ev_value: np.ndarray       # float32
     features: np.ndarray       # (S, N_FEATURES) float32
     head: np.ndarray           # (S, HEAD_PACKETS, len(HEAD_COLUMNS)) float32: first packets (features.packet_head)
+    damage: np.ndarray = field(default_factory=lambda: np.zeros(0, "U1"))  # what was wrong with the file (0 or 1)
 
     def save(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp.npz")
@@ -188,7 +189,8 @@ def extract_capture(path: Path, encoder, max_packets: int | None = None,
     evs: list = []
     feats: list[np.ndarray] = []
     heads: list[np.ndarray] = []
-    for fi, flow in enumerate(flows_from_capture([path], **opts)):
+    errors: list = []
+    for fi, flow in enumerate(flows_from_capture([path], errors=errors, **opts)):
         k = flow.key
         keys.append((k.proto, k.client_ip, k.client_port, k.server_ip, k.server_port))
         packets.append(int(flow.packets))
@@ -226,6 +228,7 @@ def extract_capture(path: Path, encoder, max_packets: int | None = None,
         ev_step=cat(0, np.int16), ev_neuron=cat(1, np.int16), ev_value=cat(2, np.float32),
         features=np.stack(feats).astype(np.float32) if feats else np.zeros((0, N_FEATURES), np.float32),
         head=np.stack(heads) if heads else np.zeros((0, HEAD_PACKETS, len(HEAD_COLUMNS)), np.float32),
+        damage=np.array([str(errors[0])], dtype=str) if errors else np.zeros(0, "U1"),
     )
 
 
@@ -258,7 +261,7 @@ class SampleCache:
     def path_for(self, path: Path, encoder, max_packets, flow_opts) -> Path:
         """Cache file of one capture's extraction with these parameters."""
         params = {"encoding": encoder.spec(), "max_packets": max_packets, "flow_opts": flow_opts or {},
-                  "features": N_FEATURES}
+                  "features": N_FEATURES, "damage": 1}
         return self.root / f"{_cache_key(file_sha256(path, self._memo), params)}.npz"
 
     def prefetch(self, paths: Sequence[Path], encoder, max_packets, flow_opts, jobs: int, progress: bool) -> None:
@@ -468,6 +471,11 @@ def build_dataset(
         cs = cache.get(p, encoder, max_packets, flow_opts)
         summary["captures"] += 1
         n_flows = cs.proto.shape[0]
+        if cs.damage.size:
+            # a cut or unreadable capture: say which and why (the flows before the damage are used)
+            summary.setdefault("damaged_captures", {})[rel] = {"error": str(cs.damage[0]), "flows": int(n_flows)}
+            log.warning("%s capture %s: %s", "unreadable" if not n_flows else f"damaged ({n_flows} flows before the "
+                        "damage used)", rel, cs.damage[0])
         flow_label = np.full(n_flows, -1, np.int64)
         flow_cap20 = np.ones(n_flows, bool)
         if src == "csv":

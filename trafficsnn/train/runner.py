@@ -386,6 +386,8 @@ def train_run(data: str | Path, out: str | Path, opts: TrainOptions) -> dict:
     if len(ds.classes) < 2:
         raise ConfigError(f"need at least two classes to train, found {ds.classes}")
     side, man = split_samples(ds, opts)
+    damaged = ds.summary.get("damaged_captures", {})   # cut or unreadable captures: which and why
+    man["damaged_captures"] = damaged
     save_manifest(out / "split.json", man)
     train, val, test = (ds.subset(np.flatnonzero(side == s)) for s in range(3))
     if len(train) == 0:
@@ -393,9 +395,10 @@ def train_run(data: str | Path, out: str | Path, opts: TrainOptions) -> dict:
     pred, info = fit_predictor(train, val, opts, out)
     summary: dict[str, Any] = {"model": str(out), "model_kind": opts.model, "preset": opts.preset,
                                "samples": {"train": len(train), "val": len(val), "test": len(test)},
-                               "classes": ds.classes, "split": man["kind"], "seed": opts.seed}
+                               "classes": ds.classes, "split": man["kind"], "seed": opts.seed,
+                               "damaged_captures": damaged}
     meta = {"model": str(out), "data": str(data), "preset": opts.preset, "model_kind": opts.model,
-            "subset": "test side of split.json", "max_packets": opts.max_packets}
+            "subset": "test side of split.json", "max_packets": opts.max_packets, "damaged_captures": damaged}
     if len(test):
         rep = evaluation_report(pred.logits(test), test, pred.temperature, "test")
         write_report(rep, out / "test_report", meta)
@@ -424,7 +427,9 @@ def evaluate_run(model: str | Path, data: str | Path, out: str | Path, opts: Tra
         subset = f"{SPLIT_NAMES[want]} side of {opts.manifest}"
         if len(ds) == 0:
             raise ConfigError(f"no samples on the {SPLIT_NAMES[want]} side of {opts.manifest}")
+    damaged = ds.summary.get("damaged_captures", {})   # cut or unreadable captures: which and why
     rep = evaluation_report(pred.logits(ds), ds, pred.temperature, subset)
+    rep["damaged_captures"] = damaged
     meta = {"model": str(model), "data": str(data), "preset": pred.spec.get("preset"), "model_kind": pred.kind,
             "subset": subset, "max_packets": opts.max_packets}
     write_report(rep, Path(out), meta)
