@@ -97,8 +97,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model": dict(n_hidden=64, n_layers=1, recurrent=True, dropout=0.1),
         "n_classes": None,
         "classes": None,
-        "encoding": {"kind": "packet", "n_steps": 64},
-        "windows": {"kind": "flow_start", "packets": 64},
+        "encoding": {"kind": "packet", "n_steps": 128},
+        "windows": {"kind": "flow_start", "packets": 128},
         "training": {
             "optimizer": "adam", "lr": 3e-3, "betas": [0.9, 0.999], "eps": 1e-8,
             "weight_decay": 1e-4, "grad_clip_value": 1.0, "clamp_after_step": True,
