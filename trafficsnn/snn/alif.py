@@ -7,9 +7,12 @@ step, with learned per-neuron time constants (Norse-style pure step function
     I_t = x_t W_in + s_{t-1} W_rec + bias                  (recurrent)
     a_t = rho a_{t-1} + (1 - rho) s_{t-1}                    (spike-triggered adaptation)
     A_t = 1 + beta a_t                                       (adaptive threshold)
-    v_t = alpha v_{t-1} + (1 - alpha) I_t - A_{t-1} s_{t-1}  (soft reset)
+    v_t = alpha v_{t-1} + g I_t - A_{t-1} s_{t-1}            (soft reset)
     s_t = H(v_t - A_t)                                       (surrogate gradient)
 
+g = 1 (``current="direct"``, default: a packet's input drives the membrane at once, so
+the first packet can already make neurons fire) or 1 - alpha (``"leaky"``: the input is
+low-pass filtered, the first packets barely move a slow neuron).
 alpha = exp(-1/tau_mem) and rho = exp(-1/tau_adapt) come from learned per-neuron
 time constants (initialised spread over a range of packets), beta >= 0. The
 readout is non-spiking: a leaky trace m_t = kappa m_{t-1} + (1 - kappa) s_t of the
@@ -45,6 +48,7 @@ class ALIFParameters(NamedTuple):
     alpha: torch.Tensor   # (H,) membrane decay per step
     rho: torch.Tensor     # (H,) adaptation decay per step
     beta: torch.Tensor    # (H,) adaptation strength (>= 0)
+    gain: torch.Tensor | float = 1.0   # input gain g: 1 or 1 - alpha
     slope: float = 5.0
 
 
@@ -58,7 +62,7 @@ def alif_step(current: torch.Tensor, state: ALIFState, p: ALIFParameters) -> tup
     """One step of an adaptive LIF layer given its total input current (module docstring)."""
     thr_prev = 1.0 + p.beta * state.a
     a = p.rho * state.a + (1 - p.rho) * state.s
-    v = p.alpha * state.v + (1 - p.alpha) * current - thr_prev * state.s
+    v = p.alpha * state.v + p.gain * current - thr_prev * state.s
     s = heaviside(v - (1.0 + p.beta * a), p.slope)
     return s, ALIFState(v, a, s)
 
@@ -94,7 +98,7 @@ class RecurrentALIF(nn.Module):
                  recurrent: bool = True, tau_mem: tuple[float, float] = (2.0, 20.0),
                  tau_adapt: tuple[float, float] = (5.0, 100.0), tau_readout: tuple[float, float] = (2.0, 30.0),
                  beta_init: float = 0.5, input_std: float = 0.6, surrogate_slope: float = 5.0,
-                 dropout: float = 0.1, input_skip: bool = False, members: int = 1):
+                 dropout: float = 0.1, input_skip: bool = False, members: int = 1, current: str = "direct"):
         super().__init__()
         for name, v in (("n_inputs", n_inputs), ("n_hidden", n_hidden), ("n_classes", n_classes),
                         ("n_steps", n_steps), ("n_layers", n_layers), ("members", members)):
@@ -104,16 +108,18 @@ class RecurrentALIF(nn.Module):
             raise ValueError(f"n_classes must be at least 2, got {n_classes}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be within [0, 1), got {dropout}")
+        if current not in ("direct", "leaky"):
+            raise ValueError(f"current must be 'direct' or 'leaky', got {current!r}")
         self.config: dict[str, Any] = dict(
             n_inputs=int(n_inputs), n_classes=int(n_classes), n_steps=int(n_steps), n_hidden=int(n_hidden),
             n_layers=int(n_layers), recurrent=bool(recurrent), tau_mem=[float(x) for x in tau_mem],
             tau_adapt=[float(x) for x in tau_adapt], tau_readout=[float(x) for x in tau_readout],
             beta_init=float(beta_init), input_std=float(input_std), surrogate_slope=float(surrogate_slope),
-            dropout=float(dropout), input_skip=bool(input_skip), members=int(members))
+            dropout=float(dropout), input_skip=bool(input_skip), members=int(members), current=str(current))
         self.n_inputs, self.n_classes, self.n_steps = int(n_inputs), int(n_classes), int(n_steps)
         self.n_hidden, self.n_layers, self.recurrent = int(n_hidden), int(n_layers), bool(recurrent)
         self.slope, self.dropout = float(surrogate_slope), float(dropout)
-        self.input_skip, self.members = bool(input_skip), int(members)
+        self.input_skip, self.members, self.current = bool(input_skip), int(members), str(current)
         self.preset: str | None = None
         K, H, C = self.members, self.n_hidden, self.n_classes
         self.w_in = nn.ParameterList()
@@ -147,8 +153,9 @@ class RecurrentALIF(nn.Module):
                 b.clamp_(min=0.0)
 
     def params(self, layer: int) -> ALIFParameters:
-        return ALIFParameters(_decay(self.tau_mem[layer]), _decay(self.tau_adapt[layer]),
-                              self.beta[layer].clamp(min=0.0), self.slope)
+        alpha = _decay(self.tau_mem[layer])
+        gain = (1 - alpha) if self.current == "leaky" else torch.ones_like(alpha)
+        return ALIFParameters(alpha, _decay(self.tau_adapt[layer]), self.beta[layer].clamp(min=0.0), gain, self.slope)
 
     def time_constants(self) -> dict[str, Any]:
         """Learned time constants in steps (packets), per layer and member: for model cards and export."""
@@ -202,7 +209,7 @@ class RecurrentALIF(nn.Module):
         ps = []
         for layer in range(self.n_layers):
             p = self.params(layer)
-            ps.append(ALIFParameters(p.alpha[:, None], p.rho[:, None], p.beta[:, None], p.slope))
+            ps.append(ALIFParameters(p.alpha[:, None], p.rho[:, None], p.beta[:, None], p.gain[:, None], p.slope))
         states = [ALIFState(*(x[:, layer].transpose(0, 1) for x in (st.v, st.a, st.s)))
                   for layer in range(self.n_layers)]
         kappa = _decay(self.tau_out)[:, None]
@@ -325,7 +332,7 @@ class RecurrentALIF(nn.Module):
                     if self.recurrent:
                         cur = cur + states[layer].s @ self.w_rec[layer][k]
                     p = self.params(layer)
-                    pk = ALIFParameters(p.alpha[k], p.rho[k], p.beta[k], p.slope)
+                    pk = ALIFParameters(p.alpha[k], p.rho[k], p.beta[k], p.gain[k], p.slope)
                     inp, states[layer] = alif_step(cur, states[layer], pk)
                 m = kappa * m + (1 - kappa) * inp
                 c = c + inp
