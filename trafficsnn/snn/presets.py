@@ -107,6 +107,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "label_smoothing": 0.1,
             "augment": {"prefix": 0.3, "drop": 0.0},
             "anytime_loss": 0.5,             # weight of the mean loss after 1,2,3,5,...,50 packets
+            "select_from_epoch": 5,          # never select one of the first 5 epochs (noisy small validation)
             "scheduler": {"kind": "plateau", "monitor": "val_loss", "mode": "min", "factor": 0.3,
                           "patience": 3, "threshold": 1e-4, "threshold_mode": "rel", "start_epoch": 0},
             "early_stopping": {"monitor": "val_macro_f1", "mode": "max", "patience": 8},

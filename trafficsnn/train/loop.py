@@ -45,7 +45,7 @@ def recipe_from_preset(training: dict[str, Any]) -> dict[str, Any]:
     """Translate snn.presets' ``training`` block into the loop's recipe keys."""
     r: dict[str, Any] = {}
     for k in ("epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "augment", "min_batches", "sampler",
-              "class_weight", "anytime_loss", "select_metric"):
+              "class_weight", "anytime_loss", "select_metric", "select_from_epoch"):
         if k in training:
             r[k] = training[k]
     if "grad_clip_value" in training:
@@ -389,7 +389,9 @@ def fit_torch(
         history.append(rec)
         with open(log_path, "a") as fh:
             fh.write(json.dumps(rec) + "\n")
-        if r.get("select_metric") == "val_loss":   # smoother than macro-F1 on a small validation side
+        if epoch < int(r.get("select_from_epoch") or 0):
+            improved = False        # a small validation side can peak on a barely trained model
+        elif r.get("select_metric") == "val_loss":   # smoother than macro-F1 on a small validation side
             improved = val_loss < best["loss"] - 1e-9
         else:
             improved = (val_f1 > best["f1"] + 1e-9) or (abs(val_f1 - best["f1"]) <= 1e-9 and val_loss < best["loss"])
