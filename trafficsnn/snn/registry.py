@@ -40,24 +40,24 @@ def _load_builtin() -> None:
             importlib.import_module(m)
 
 
-def register_encoder(name: str) -> Callable[[type], type]:
+def _register(table: dict[str, type], attr: str, what: str, name: str) -> Callable[[type], type]:
     def deco(cls: type) -> type:
-        if name in ENCODERS and ENCODERS[name] is not cls:
-            raise ValueError(f"encoder {name!r} is already registered by {ENCODERS[name].__qualname__}")
-        cls.kind = name
-        ENCODERS[name] = cls
+        if name in table and table[name] is not cls:
+            raise ValueError(f"{what} {name!r} is already registered by {table[name].__qualname__}")
+        setattr(cls, attr, name)
+        table[name] = cls
         return cls
     return deco
+
+
+def register_encoder(name: str) -> Callable[[type], type]:
+    """Class decorator: an input encoder known as ``name`` (sets ``cls.kind``)."""
+    return _register(ENCODERS, "kind", "encoder", name)
 
 
 def register_architecture(name: str) -> Callable[[type], type]:
-    def deco(cls: type) -> type:
-        if name in ARCHITECTURES and ARCHITECTURES[name] is not cls:
-            raise ValueError(f"architecture {name!r} is already registered by {ARCHITECTURES[name].__qualname__}")
-        cls.architecture = name
-        ARCHITECTURES[name] = cls
-        return cls
-    return deco
+    """Class decorator: a network architecture known as ``name`` (sets ``cls.architecture``)."""
+    return _register(ARCHITECTURES, "architecture", "architecture", name)
 
 
 def encoder_names() -> list[str]:

@@ -56,38 +56,32 @@ class Predictor:
     def logits(self, ds: SampleSet, batch_size: int = 256) -> np.ndarray:
         if self.kind not in ("snn", "mlp"):       # scikit-learn baselines read what they declare
             return self.impl.decision(self.impl.inputs(ds))
-        import torch
-
         from .baselines import mlp_inputs
 
-        model = self.impl
-        model.eval()
-        outs = []
-        with torch.no_grad():
-            for a in range(0, len(ds), batch_size):
-                idx = np.arange(a, min(a + batch_size, len(ds)))
-                if self.kind == "snn":
-                    dtype = next(model.parameters()).dtype
-                    x = ds.batch(idx, device=self.device, dtype=dtype)
-                else:
-                    x = mlp_inputs(ds, idx, self.mlp_pool, self.device)
-                outs.append(model(x).double().cpu().numpy())
-        return np.concatenate(outs) if outs else np.zeros((0, len(self.classes)))
+        if self.kind == "snn":
+            return self._batched(ds, batch_size, lambda m, x, n: m(x))
+        return self._batched(ds, batch_size, lambda m, x, n: m(x),
+                             lambda idx: mlp_inputs(ds, idx, self.mlp_pool, self.device))
 
     def prefix_logits(self, ds: SampleSet, k: int, batch_size: int = 256) -> np.ndarray:
         """The SNN's anytime scores after each sample's first ``k`` packets (packet-clocked encodings)."""
         if self.kind != "snn" or ds.encoding.get("kind") != "packet":
             raise ConfigError("anytime scores after k packets need an SNN with the packet-clocked encoding")
+        return self._batched(ds, batch_size, lambda m, x, n: m.prefix_logits(x, [k] * n))
+
+    def _batched(self, ds: SampleSet, batch_size: int, score, make_input=None) -> np.ndarray:
+        """``score(model, batch, n)`` over ``ds`` in batches (torch models), as one float64 array."""
         import torch
 
         model = self.impl
         model.eval()
+        dtype = next(model.parameters()).dtype
         outs = []
         with torch.no_grad():
             for a in range(0, len(ds), batch_size):
                 idx = np.arange(a, min(a + batch_size, len(ds)))
-                x = ds.batch(idx, device=self.device, dtype=next(model.parameters()).dtype)
-                outs.append(model.prefix_logits(x, [k] * len(idx)).double().cpu().numpy())
+                x = make_input(idx) if make_input else ds.batch(idx, device=self.device, dtype=dtype)
+                outs.append(score(model, x, len(idx)).double().cpu().numpy())
         return np.concatenate(outs) if outs else np.zeros((0, len(self.classes)))
 
 
