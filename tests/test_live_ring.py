@@ -373,3 +373,24 @@ def test_capture_workers_keep_flows_whole_and_send_every_final_update_on_sigterm
         ctx.term()
         notify.close()
         srv.close()
+
+
+@live
+def test_workers_with_a_busy_metrics_port_exit_2_and_leave_no_worker(tmp_path):
+    import sys
+
+    busy = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    port = busy.getsockname()[1]
+    try:
+        r = subprocess.run([sys.executable, "-m", "trafficsnn.cli", "capture", "-i", "lo", "--connect",
+                            f"ipc://{tmp_path}/u", "--workers", "2", "--metrics-port", str(port)],
+                           capture_output=True, text=True, timeout=60)
+    finally:
+        busy.close()
+    assert r.returncode == 2, r.stderr
+    assert "cannot serve metrics" in r.stderr and "Traceback" not in r.stderr
+    assert "TPACKET_V3 ring" not in r.stderr          # refused before any worker opened a ring
+    left = subprocess.run(["pgrep", "-f", f"ipc://{tmp_path}/u"], capture_output=True, text=True)
+    assert left.stdout.strip() == ""

@@ -670,6 +670,35 @@ def _worker_main(cfg: AgentConfig, index: int, conn: Any) -> None:
     os._exit(code)  # no atexit handlers inherited from the supervisor
 
 
+def _stop_workers(procs, grace: float = 5.0) -> None:
+    """SIGTERM every worker, wait up to ``grace`` seconds, then kill what is left."""
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    deadline = time.monotonic() + grace
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+            p.join(1.0)
+
+
+def _check_port_free(addr: str, port: int) -> None:
+    """A ConfigError before any worker starts when the metrics port cannot be bound."""
+    import socket
+
+    from ..errors import ConfigError
+
+    try:
+        fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
+        with socket.socket(fam, socket.SOCK_STREAM) as sk:
+            sk.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sk.bind((addr, port))
+    except OSError as err:
+        raise ConfigError(f"cannot serve metrics on {addr}:{port}: {err.strerror or err} (choose another "
+                          "--metrics-port, stop the process using it, or fix --metrics-addr)") from None
+
+
 def run_workers(cfg: AgentConfig, *, quiet: bool = False) -> dict[str, Any]:
     """``--workers N``: N capture processes in one PACKET_FANOUT hash group on ``cfg.iface``.
 
@@ -688,6 +717,8 @@ def run_workers(cfg: AgentConfig, *, quiet: bool = False) -> dict[str, Any]:
     from ..errors import TrafficSNNError
 
     cfg.validate()
+    if cfg.metrics_port:
+        _check_port_free(cfg.metrics_addr, cfg.metrics_port)
     group = cfg.fanout_group if cfg.fanout_group is not None else (os.getpid() & 0xFFFF)
     ctx = mp.get_context("fork")  # no thread and no ZeroMQ context exist yet in this process
     procs, conns = [], []
@@ -736,7 +767,11 @@ def run_workers(cfg: AgentConfig, *, quiet: bool = False) -> dict[str, Any]:
         from .metrics import Metrics
 
         metrics = Metrics(prometheus)
-        metrics.serve(cfg.metrics_port, cfg.metrics_addr)
+        try:
+            metrics.serve(cfg.metrics_port, cfg.metrics_addr)
+        except BaseException:
+            _stop_workers(procs)          # never leave capture processes behind a failed start
+            raise
     told = False
     try:
         live = list(conns)
