@@ -80,7 +80,6 @@ def bench_engine(hidden, members, flows, packets_per_update, reps):
 
     from trafficsnn import wire
     from trafficsnn.flows.records import FlowKey, FlowUpdate
-    from trafficsnn.serve.demo import make_random_model
     from trafficsnn.serve.engine import ModelHandle, StreamingClassifier
 
     rng = np.random.default_rng(2)

@@ -74,7 +74,7 @@ def main() -> None:
         peak.join(2)
         tail = err.read_text().strip().splitlines()
         stats = next((json.loads(x.split(" ", 1)[1]) for x in reversed(tail) if x.startswith("classify ")), {})
-    print(f"| messages | packets each | bytes offered | classifier peak RSS MB | normal verdict after flood | seconds |")
+    print("| messages | packets each | bytes offered | classifier peak RSS MB | normal verdict after flood | seconds |")
     print("|---|---|---|---|---|---|")
     print(f"| {a.messages} | {n:,} | {a.messages * offered / 1e9:.1f} GB | {peak.peak:.0f} | "
           f"{'yes' if got else 'NO'} | {time.time() - t0:.1f} |")

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -59,12 +58,9 @@ def test_max_packets(synth, tmp_path):
 
 def test_cache_hit_is_fast_and_identical(synth, tmp_path):
     cache_dir = tmp_path / "cache"
-    t0 = time.perf_counter()
     a = build_dataset(synth, encoder_for("improved"), cache=SampleCache(cache_dir))
-    t1 = time.perf_counter()
     c2 = SampleCache(cache_dir)
     b = build_dataset(synth, encoder_for("improved"), cache=c2)
-    t2 = time.perf_counter()
     assert c2.hits == 10 and c2.misses == 0
     assert np.array_equal(a.ev_value, b.ev_value) and np.array_equal(a.features, b.features)
     assert list(a.flow) == list(b.flow)

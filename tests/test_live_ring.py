@@ -10,7 +10,6 @@ import os
 import random
 import shutil
 import socket
-import struct
 import subprocess
 import time
 

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, TrafficSNNError
+from .errors import TrafficSNNError
 from .flows.records import Flow, FlowUpdate
 
 __all__ = ["Flows", "Classifier", "Verdicts", "verdict_row", "verdict_table"]

@@ -35,7 +35,6 @@ import os
 import select
 import socket
 import struct
-import time
 from typing import Iterator
 
 import numpy as np

@@ -340,7 +340,6 @@ class StreamingClassifier:
         if not batches:
             return []
         t_start = time.perf_counter()
-        h = self.handle
         # ---- concatenate the messages
         one = len(batches) == 1
         keys = batches[0].keys if one else np.concatenate([b.keys for b in batches])
