@@ -318,6 +318,7 @@ class RecurrentALIF(nn.Module):
         B, T, _ = dense.shape
         H = self.n_hidden
         total = dense.new_zeros(B, self.n_classes)
+        params = [self.params(layer) for layer in range(self.n_layers)]
         for k in range(self.members):
             states = [ALIFState(dense.new_zeros(B, H), dense.new_zeros(B, H), dense.new_zeros(B, H))
                       for _ in range(self.n_layers)]
@@ -331,7 +332,7 @@ class RecurrentALIF(nn.Module):
                     cur = inp @ self.w_in[layer][k] + self.bias[layer][k]
                     if self.recurrent:
                         cur = cur + states[layer].s @ self.w_rec[layer][k]
-                    p = self.params(layer)
+                    p = params[layer]
                     pk = ALIFParameters(p.alpha[k], p.rho[k], p.beta[k], p.gain[k], p.slope)
                     inp, states[layer] = alif_step(cur, states[layer], pk)
                 m = kappa * m + (1 - kappa) * inp

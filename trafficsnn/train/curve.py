@@ -47,6 +47,11 @@ def early_curve(ds: SampleSet, opts: TrainOptions, models: Sequence[str] = ("snn
         res["models"][m] = {"seed_macro_f1": {lb: [] for lb in labels}, "seed_macro_f1_cap20": {lb: [] for lb in labels},
                             "seed_ece": [], "seed_ece_raw": [], "seed_unknown_rate": [], "seed_acc_kept": [],
                             "seed_acc_unknown": [], "seconds": 0.0}
+    prefixed = {}
+    if set(models) - {"snn"}:    # the baselines' view of every prefix, built once for all folds and seeds
+        from .baselines import prefix_samples
+
+        prefixed = {lb: prefix_samples(ds, p) for p, lb in zip(prefixes, labels)}
     bar = None
     if progress:
         from tqdm import tqdm
@@ -78,10 +83,8 @@ def early_curve(ds: SampleSet, opts: TrainOptions, models: Sequence[str] = ("snn
                     temp = pred.temperature
                     thr = float(pred.spec.get("unknown_threshold", 0.0) or 0.0)
                 else:
-                    from .baselines import prefix_samples
-
                     for p, lb in zip(prefixes, labels):
-                        dp = prefix_samples(ds, p)
+                        dp = prefixed[lb]
                         with tempfile.TemporaryDirectory() as tmp:
                             pred, _ = fit_predictor(dp.subset(tr_idx), dp.subset(va_idx), o, Path(tmp))
                             lg = pred.logits(dp.subset(test_idx))
