@@ -164,6 +164,8 @@ MATRIX = {
     "classify --bind bad endpoint": ("classify --bind nonsense --model {model} --device cpu", "tcp://HOST:PORT"),
     "classify --connect bad endpoint": ("classify --connect tcp://nohost --model {model} --device cpu",
                                         "cannot connect ZeroMQ endpoint tcp://nohost"),
+    "classify --parquet missing parent": ("classify --bind ipc://{tmp}/a --model {model} --parquet {tmp}/no/pq",
+                                          "--parquet {tmp}/no/pq: folder {tmp}/no does not exist"),
     "classify --jsonl missing folder": ("classify --bind ipc://{tmp}/a --model {model} --jsonl {tmp}/no/v.jsonl",
                                         "--jsonl {tmp}/no/v.jsonl: folder {tmp}/no does not exist"),
     "classify missing --config": ("classify --config {tmp}/no.toml --bind ipc://{tmp}/a", "does not exist"),

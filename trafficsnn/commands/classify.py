@@ -17,6 +17,13 @@ from ..serve.config import config_option
               help="Model directory (default: $TRAFFICSNN_MODEL, else the shipped models/ndpi6-snn).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--jsonl", metavar="PATH", default=None, help="Append verdicts as JSON lines to PATH ('-' = stdout).")
+@click.option("--parquet", metavar="DIR", default=None,
+              help="Also write verdicts as rotated Parquet parts in DIR (verdicts-<UTC start>-<pid>-<n>.parquet, "
+                   "the columns of `trafficsnn verdicts`; read the folder with pandas.read_parquet(DIR)).")
+@click.option("--parquet-rotate-s", type=click.FloatRange(min=0, min_open=True), default=300.0, show_default=True,
+              help="With --parquet: cut a part after this many seconds...")
+@click.option("--parquet-max-rows", type=click.IntRange(min=1), default=100_000, show_default=True,
+              help="...or this many verdicts, whichever comes first (and at shutdown).")
 @click.option("--pub", multiple=True, metavar="ENDPOINT", help="Publish verdicts on a ZeroMQ PUB socket (topic = class).")
 @click.option("--emit", type=click.Choice(["first", "update", "final"]), default="first", show_default=True,
               help="first: once, when confident enough or at flow end; update: after every update; final: at flow end.")
@@ -50,13 +57,15 @@ from ..serve.config import config_option
 @click.option("--threads", type=int, default=None, help="Torch CPU threads (default: torch's choice).")
 @click.option("-q", "--quiet", is_flag=True, help="Do not print the counters at exit.")
 @click.option("-v", "--verbose", is_flag=True, help="Log more.")
-def command(bind, connect, model, device, jsonl, pub, emit, min_confidence, batch, batch_ms, max_flows, rcvhwm,
+def command(bind, connect, model, device, jsonl, parquet, parquet_rotate_s, parquet_max_rows, pub, emit,
+            min_confidence, batch, batch_ms, max_flows, rcvhwm,
             max_message_mb, max_update_packets, batch_packets, drain_timeout, max_sensors, metrics_port,
             metrics_addr, curve_secret, curve_clients, exit_after_eos, threads, quiet, verbose) -> None:
     """Classify flow updates arriving over ZeroMQ with a stateful spiking neural network.
 
     \b
       trafficsnn classify --bind ipc:///run/trafficsnn/updates --jsonl verdicts.jsonl --metrics-port 9102
+      trafficsnn classify --bind ipc:///run/trafficsnn/updates --parquet /var/lib/trafficsnn/verdicts
 
     Each flow keeps its network state between updates, so a verdict exists
     after a few packets and is refined as more arrive. SIGHUP reloads the model
@@ -68,6 +77,7 @@ def command(bind, connect, model, device, jsonl, pub, emit, min_confidence, batc
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="trafficsnn classify: %(levelname)s %(message)s")
     cfg = ClassifyConfig(bind=tuple(bind), connect=tuple(connect), model=model, device=device, jsonl=jsonl,
+                         parquet=parquet, parquet_rotate_s=parquet_rotate_s, parquet_max_rows=parquet_max_rows,
                          pub=tuple(pub), emit=emit, min_confidence=min_confidence, batch=batch, batch_ms=batch_ms,
                          max_flows=max_flows, rcvhwm=rcvhwm, max_message_mb=max_message_mb,
                          max_update_packets=max_update_packets, batch_packets=batch_packets,

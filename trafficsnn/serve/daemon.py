@@ -39,6 +39,9 @@ class ClassifyConfig:
     device: str = "auto"
     jsonl: str | None = None            # path, "-" for stdout, None for none
     pub: tuple[str, ...] = ()
+    parquet: str | None = None          # folder of rotated Parquet parts, None for none
+    parquet_rotate_s: float = 300.0
+    parquet_max_rows: int = 100_000
     emit: str = "first"
     min_confidence: float = 0.8
     batch: int = 4096
@@ -156,6 +159,11 @@ class ClassifierDaemon:
             except OSError as err:
                 raise ConfigError(f"cannot open --jsonl {cfg.jsonl}: {err.strerror or err} "
                                   "(create its folder or choose a writable path)") from None
+        if cfg.parquet:
+            from .parquet_sink import ParquetDirSink
+
+            self.sinks.append(ParquetDirSink(cfg.parquet, rotate_s=cfg.parquet_rotate_s,
+                                             max_rows=cfg.parquet_max_rows))
         for ep in cfg.pub:
             ps = self.ctx.socket(zmq.PUB)
             ps.sndhwm = 10_000
@@ -463,9 +471,18 @@ class ClassifierDaemon:
         drops.update(self.drops)
         for k, v in self.wire_stats.errors.items():
             drops[f"malformed_{k}"] = v
+        for sink in self.sinks:     # verdicts a sink could not deliver (PUB high-water mark, Parquet disk)
+            if getattr(sink, "dropped", 0):
+                key = f"verdicts_{getattr(sink, 'kind', 'sink')}"
+                drops[key] = drops.get(key, 0) + sink.dropped
+        counters = {**e["counters"], **self.counters}
+        for sink in self.sinks:
+            if getattr(sink, "kind", "") == "parquet":
+                counters.update(parquet_files=sink.files, parquet_rows=sink.written,
+                                parquet_write_errors=sink.errors, parquet_rows_pending=sink.pending)
         return {
             "model": {"id": self.handle.model_id, "sha256": self.handle.sha256},
-            "counters": {**e["counters"], **self.counters},
+            "counters": counters,
             "handshakes_rejected": dict(self.handshakes_rejected),
             "drops": drops,
             "verdicts_by_class": e["verdicts_by_class"],

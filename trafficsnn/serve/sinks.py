@@ -137,7 +137,11 @@ class JsonLinesSink:
 
 
 class PubSink:
-    """Verdicts on a ZeroMQ PUB socket as [topic = class name, JSON]; subscribers filter by class prefix."""
+    """Verdicts on a ZeroMQ PUB socket as [topic = class name, JSON]; subscribers filter by class prefix.
+    A subscriber too slow to keep up loses verdicts at the high-water mark: counted in ``dropped``
+    (the daemon's ``drops.verdicts_pub``), never blocking classification."""
+
+    kind = "pub"
 
     def __init__(self, socket: Any):
         import zmq
