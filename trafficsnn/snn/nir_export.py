@@ -82,6 +82,8 @@ def _lif(model, dt: float):
     v_th = np.where(pos, 1.0, b)
     reset = -beta / (1.0 - beta) * np.where(pos, 1.0, b) * n / (n + EPS)
     ones, zeros = np.ones(H), np.zeros(H)
+    # the recurrence is a subgraph of its own: snnTorch 1.0 rewrites a top-level CubaLIF <-> Linear cycle into
+    # one whose input enters through the recurrent weights (wrong), and leaves a ready subgraph alone
     hidden = nir.NIRGraph(
         nodes={
             "input": nir.Input(input_type=np.array([H])),
