@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("replay", "Classify the flows of capture files (capture + classifier)."),
     "verdicts": ("verdicts", "Turn verdict JSON lines into a CSV or Parquet table."),
     "keys": ("keys", "Make CURVE key pairs for authenticated, encrypted links."),
+    "export": ("export", "Write a trained SNN as a NIR graph (for other simulators and neuromorphic chips)."),
 }
 
 
