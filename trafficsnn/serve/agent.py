@@ -66,6 +66,7 @@ class AgentConfig:
     ring_mb: float = 64.0               # ring memory per capture process
     block_kb: int = 1024                # ring block size; a block is handed over when full or after the timeout
     block_timeout_ms: int = 10
+    batch_wait_ms: int = 20             # ring: wait this long after a block for more (up to 4096 frames a batch)
     workers: int = 1                    # capture processes in one PACKET_FANOUT (hash) group, each its own table
     fanout_group: int | None = None     # the group id (default with workers > 1: from the process id)
     lossless_linger_s: float = 600.0    # lossless: how long closing waits for queued messages to leave
@@ -107,6 +108,8 @@ class AgentConfig:
             raise ConfigError(f"--ring-size/--ring-block: {err}") from None
         if not 1 <= self.block_timeout_ms <= 60000:
             raise ConfigError(f"--block-timeout must be within 1..60000 ms, got {self.block_timeout_ms}")
+        if not 0 <= self.batch_wait_ms <= 1000:
+            raise ConfigError(f"--batch-wait must be within 0..1000 ms, got {self.batch_wait_ms}")
         if self.workers < 1:
             raise ConfigError(f"--workers must be >= 1, got {self.workers}")
         if self.fanout_group is not None and not 0 <= self.fanout_group <= 0xFFFF:
@@ -270,6 +273,7 @@ class CaptureAgent:
             self.source, line = open_live(cfg.iface, bpf_filter=cfg.bpf_filter, snaplen=cfg.snaplen,
                                           promisc=cfg.promisc, ring=cfg.ring, ring_mb=cfg.ring_mb,
                                           block_kb=cfg.block_kb, block_timeout_ms=cfg.block_timeout_ms,
+                                          batch_wait_ms=cfg.batch_wait_ms,
                                           fanout_group=cfg.fanout_group, batch_size=cfg.read_batch, timeout=0.1)
             self.live_path = self.source.path
             log.info("%s%s", f"[{cfg.sensor}] " if self.report else "", line)
