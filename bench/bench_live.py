@@ -123,7 +123,7 @@ class Sink(threading.Thread):
 
 
 def one_run(tmp: Path, *, flows: int, packets: int, path: str, threads: int = 1, rate: str | None = None,
-            ) -> dict:
+            batch_wait: int | None = None) -> dict:
     cfg = tmp / f"tg{flows}.cfg"
     trafgen_cfg(cfg, flows)
     ep = f"ipc://{tmp}/u"
@@ -135,6 +135,8 @@ def one_run(tmp: Path, *, flows: int, packets: int, path: str, threads: int = 1,
         cap_args.append("--no-ring")
     elif path.startswith("ring-"):
         cap_args += ["--workers", path.split("-")[1]]
+    if batch_wait is not None:
+        cap_args += ["--batch-wait", str(batch_wait)]
     cap = subprocess.Popen(ns([sys.executable, "-m", "trafficsnn.cli", "capture", *cap_args]),
                            stderr=subprocess.PIPE, text=True, env=env)
     tcpd = subprocess.Popen(ns(["tcpdump", "-i", "lo", "-n", "-s", "96", "-B", "65536", "-w", "/dev/null", "udp"]),
@@ -165,7 +167,8 @@ def one_run(tmp: Path, *, flows: int, packets: int, path: str, threads: int = 1,
     d = re.search(r"(\d+) packets dropped by kernel", td_err)
     td_cap, td_drop = (int(m.group(1)) if m else -1), (int(d.group(1)) if d else -1)
     row = {
-        "flows": flows, "path": path, "gen_threads": threads, "rate": rate or "top",
+        "flows": flows, "path": path + ("" if batch_wait is None else f", --batch-wait {batch_wait}"),
+        "gen_threads": threads, "rate": rate or "top",
         "offered": packets, "offered_pps": packets / gen_s if gen_s > 0 else 0.0, "trafgen_rc": r.returncode,
         "captured": c.get("packets", -1), "kernel_drops": c.get("kernel_drops", -1),
         "cpu_s_per_M": cap_cpu / max(c.get("packets", 0), 1) * 1e6, "live_path": out.get("live_path"),
@@ -303,6 +306,8 @@ def main() -> None:
     ap.add_argument("--paths", default="ring-1,ring-2,socket",
                     help="capture paths of the top-speed runs (the 2-thread and fixed-rate rows run with ring-1)")
     ap.add_argument("--no-extra", action="store_true", help="leave out the 2-thread and fixed-rate rows")
+    ap.add_argument("--batch-wait", type=int, default=None, metavar="MS",
+                    help="pass --batch-wait MS to the ring runs (default: the agent's)")
     ap.add_argument("--e2e", action="store_true", help="also the live end-to-end rows (capture -> classify)")
     ap.add_argument("--e2e-only", action="store_true", help="only the live end-to-end rows")
     ap.add_argument("--e2e-packets", type=int, default=600_000)
@@ -334,7 +339,8 @@ def main() -> None:
                     plan = []
                 n = a.packets // (3 if a.quick else 1)
                 for flows, path, threads, rate in plan:
-                    row = one_run(tmp, flows=flows, packets=n, path=path, threads=threads, rate=rate)
+                    row = one_run(tmp, flows=flows, packets=n, path=path, threads=threads, rate=rate,
+                                  batch_wait=a.batch_wait if path != "socket" else None)
                     rows.append(row)
                     print(json.dumps(row), flush=True)
                 if a.e2e or a.e2e_only:

@@ -306,7 +306,7 @@ def test_live_options_are_validated():
     bad = [dict(pcap=("x.pcap",), workers=2), dict(iface="lo", workers=2, bind=("ipc:///tmp/x",), connect=()),
            dict(iface="lo", workers=2, ring=False), dict(iface="lo", workers=0),
            dict(iface="lo", ring_mb=0), dict(iface="lo", block_kb=5), dict(iface="lo", block_timeout_ms=0),
-           dict(iface="lo", fanout_group=1 << 16)]
+           dict(iface="lo", fanout_group=1 << 16), dict(iface="lo", batch_wait_ms=-1), dict(iface="lo", batch_wait_ms=1001)]
     for kw in bad:
         cfg = AgentConfig(**{"connect": ("ipc:///tmp/x",), **kw})
         with pytest.raises(ConfigError):
