@@ -209,13 +209,15 @@ def ledger(offered: int, cap: dict, cls: dict) -> dict:
     return out
 
 
-def e2e_run(tmp: Path, *, flows: int, packets: int, model: Path, rate: str | None = None, warm: int = 2000) -> dict:
+def e2e_run(tmp: Path, *, flows: int, packets: int, model: Path, rate: str | None = None, warm: int = 2000,
+            emit: str = "update") -> dict:
     """trafgen -> `trafficsnn capture -i lo` -> ZeroMQ ipc -> `trafficsnn classify` (shipped model, CPU, 1 thread).
 
     Every packet accounted (see ``ledger``); packets/s end to end = packets the classifier
     received / (trafgen start -> both processes idle); verdict latency from the verdict
     JSON lines (the agent's wall clock when it read the update's last packet -> the verdict;
-    --emit update: a verdict per update; flows flushed at shutdown left out). ``warm`` packets of
+    --emit update: a verdict per update, or --emit first --min-confidence 0: each flow's first update;
+    flows flushed at shutdown left out). ``warm`` packets of
     other flows go first, so the classifier's first-call set-up is not timed (they are offered,
     counted and accounted like the rest; their verdicts are left out of the latency)."""
     import numpy as np
@@ -227,7 +229,7 @@ def e2e_run(tmp: Path, *, flows: int, packets: int, model: Path, rate: str | Non
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     cls = subprocess.Popen([sys.executable, "-m", "trafficsnn.cli", "classify", "--bind", ep, "--model", str(model),
                             "--device", "cpu", "--threads", "1", "--jsonl", str(out), "--exit-after-eos", "1",
-                            "--emit", "update", "--batch-ms", "10"],
+                            "--batch-ms", "10", "--emit", emit] + (["--min-confidence", "0"] if emit == "first" else []),
                            stdout=subprocess.DEVNULL, stderr=open(cerr, "w"), env=env)
     time.sleep(4.0)  # torch import and model load
     cap = subprocess.Popen(ns([sys.executable, "-m", "trafficsnn.cli", "capture", "-i", "lo", "-f", "udp",
@@ -260,7 +262,7 @@ def e2e_run(tmp: Path, *, flows: int, packets: int, model: Path, rate: str | Non
     lat = [v["latency_ms"] for v in map(json.loads, out.read_text().splitlines())
            if "latency_ms" in v and v.get("reason") != "eof" and v["verdict_ts"] - v["latency_ms"] / 1e3 >= t_load]
     la = np.array(lat) if lat else np.array([np.nan])
-    row = {"flows": flows, "rate": rate or "top", "offered_pps": packets / gen_s if gen_s > 0 else 0.0,
+    row = {"flows": flows, "rate": rate or "top", "emit": emit, "offered_pps": packets / gen_s if gen_s > 0 else 0.0,
            "trafgen_rc": r.returncode, "warm_up": warm, **ledger(warm + packets, c, k),
            "e2e_pps": k.get("counters", {}).get("packets", 0) / busy_s if busy_s > 0 else 0.0,
            "capture_cpu_s_per_M": cap_cpu / max(c.get("packets", 0), 1) * 1e6, "classify_cpu_s": cls_cpu,
@@ -311,6 +313,10 @@ def main() -> None:
     ap.add_argument("--e2e", action="store_true", help="also the live end-to-end rows (capture -> classify)")
     ap.add_argument("--e2e-only", action="store_true", help="only the live end-to-end rows")
     ap.add_argument("--e2e-packets", type=int, default=600_000)
+    ap.add_argument("--e2e-rates", default="top",
+                    help="trafgen rates of the end-to-end rows, comma-separated: top or trafgen's -b (40000pps)")
+    ap.add_argument("--e2e-emit", choices=("update", "first"), default="update",
+                    help="classifier verdicts: one per update, or each flow's first (latency of first verdicts)")
     ap.add_argument("--model", type=Path, default=REPO / "models" / "ndpi6-snn", help="classifier model (e2e)")
     a = ap.parse_args()
     rows: list[dict] = []
@@ -344,10 +350,12 @@ def main() -> None:
                     rows.append(row)
                     print(json.dumps(row), flush=True)
                 if a.e2e or a.e2e_only:
-                    for flows in sorted(mixes):
-                        row = e2e_run(tmp, flows=flows, packets=a.e2e_packets, model=a.model)
-                        e2e.append(row)
-                        print(json.dumps({"e2e": row}), flush=True)
+                    for rate in a.e2e_rates.split(","):
+                        for flows in sorted(mixes):
+                            row = e2e_run(tmp, flows=flows, packets=a.e2e_packets, model=a.model,
+                                          rate=None if rate == "top" else rate, emit=a.e2e_emit)
+                            e2e.append(row)
+                            print(json.dumps({"e2e": row}), flush=True)
         finally:
             subprocess.run(["ip", "netns", "del", NS])
     drain = drain_bench()
@@ -363,12 +371,12 @@ def main() -> None:
               f"| {r['tcpdump_captured']:,} | {r['tcpdump_drops']:,} | {r['tcpdump_cpu_s_per_M']:.2f} |")
     if e2e:
         print()
-        print("| flows | offered pkt/s | offered | kernel drops | agent send drops | classifier caps dropped "
+        print("| flows | rate | offered pkt/s | offered | kernel drops | agent send drops | classifier caps dropped "
               "| classifier received | classified | beyond model window | state full | unaccounted | adds up "
               "| e2e pkt/s | verdicts | latency p50 ms | p99 ms | capture CPU s / M |")
-        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|")
+        print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|")
         for r in e2e:
-            print(f"| {r['flows']:,} | {r['offered_pps']:,.0f} | {r['offered']:,} | {r['kernel_drops']:,} "
+            print(f"| {r['flows']:,} | {r['rate']}, emit {r['emit']} | {r['offered_pps']:,.0f} | {r['offered']:,} | {r['kernel_drops']:,} "
                   f"| {r['agent_send_dropped']:,} | {r['classifier_oversize_dropped']:,} | {r['classifier_received']:,} "
                   f"| {r['classified']:,} | {r['beyond_model_window']:,} | {r['state_full_refused']:,} "
                   f"| {r['unaccounted']:,} | {'yes' if r['adds_up'] else 'NO'} | {r['e2e_pps']:,.0f} "
