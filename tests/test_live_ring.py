@@ -172,6 +172,38 @@ def test_ring_captures_loopback_udp_with_kernel_filter():
 
 
 @live
+def test_ring_read_collects_blocks_into_one_batch_within_the_wait():
+    port = _port()
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with RingSource("lo", bpf_filter=f"udp and dst port {port}", snaplen=96, ring_mb=1, block_kb=64,
+                    block_timeout_ms=2, batch_wait_ms=600, batch_frames=100) as src:
+        t0 = time.monotonic()
+        for _ in range(3):          # three blocks: each retires on its own after the 2 ms block timeout
+            tx.sendto(b"x", ("127.0.0.1", port))
+            time.sleep(0.03)
+        fb = src.read(1.0)
+        took = time.monotonic() - t0
+        assert len(fb) == 3 and src.blocks >= 3      # one batch, not one per block
+        assert took < 2.0
+        # enough frames end the wait at once
+        for _ in range(120):
+            tx.sendto(b"y", ("127.0.0.1", port))
+        t1 = time.monotonic()
+        got = len(src.read(1.0))
+        while got < 120 and time.monotonic() - t1 < 3:
+            got += len(src.read(0.2))
+        assert got == 120
+    with RingSource("lo", bpf_filter=f"udp and dst port {port}", snaplen=96, ring_mb=1, block_kb=64,
+                    block_timeout_ms=2, batch_wait_ms=0) as src:
+        tx.sendto(b"x", ("127.0.0.1", port))
+        t0 = time.monotonic()
+        assert len(src.read(1.0)) == 1 and time.monotonic() - t0 < 0.5   # no wait: the block goes on at once
+    tx.close()
+    with pytest.raises(ValueError, match="batch wait"):
+        RingSource("lo", batch_wait_ms=5000)
+
+
+@live
 def test_fanout_keeps_both_directions_of_each_flow_on_one_worker():
     group = random.randint(1, 0xFFFF)
     srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -274,7 +306,7 @@ def test_live_options_are_validated():
     bad = [dict(pcap=("x.pcap",), workers=2), dict(iface="lo", workers=2, bind=("ipc:///tmp/x",), connect=()),
            dict(iface="lo", workers=2, ring=False), dict(iface="lo", workers=0),
            dict(iface="lo", ring_mb=0), dict(iface="lo", block_kb=5), dict(iface="lo", block_timeout_ms=0),
-           dict(iface="lo", fanout_group=1 << 16)]
+           dict(iface="lo", fanout_group=1 << 16), dict(iface="lo", batch_wait_ms=-1), dict(iface="lo", batch_wait_ms=1001)]
     for kw in bad:
         cfg = AgentConfig(**{"connect": ("ipc:///tmp/x",), **kw})
         with pytest.raises(ConfigError):

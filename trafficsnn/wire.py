@@ -36,7 +36,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from .errors import TrafficSNNError
-from .flows.records import END_REASONS, FlowKey, FlowUpdate
+from .flows.records import END_REASONS, UPDATE_RECORD, FlowKey, FlowUpdate, UpdateBlock
 
 log = logging.getLogger(__name__)
 
@@ -61,25 +61,11 @@ MAX_PACKETS = 1 << 26
 REASONS: tuple[str, ...] = ("",) + tuple(END_REASONS)
 _REASON_CODE = {r: i for i, r in enumerate(REASONS)}
 
-UPDATE_DTYPE = np.dtype(
-    [
-        ("flow_id", "<u8"),
-        ("seq", "<u8"),
-        ("start_ts", "<f8"),
-        ("wall", "<f8"),         # sender wall clock when the update's last packet was read
-        ("wire_bytes", "<u8"),
-        ("client_hi", "<u8"),
-        ("client_lo", "<u8"),
-        ("server_hi", "<u8"),
-        ("server_lo", "<u8"),
-        ("client_port", "<u2"),
-        ("server_port", "<u2"),
-        ("vlan", "<u2"),
-        ("proto", "u1"),
-        ("final", "u1"),
-        ("reason", "u1"),
-    ]
-)
+# One record per update: flow_id, seq, start_ts, wall (sender wall clock when the update's last
+# packet was read), wire_bytes, client_hi/lo, server_hi/lo (u8), client_port, server_port, vlan (u2),
+# proto, final, reason (u1), packed little-endian (81 bytes). The same dtype as an ``UpdateBlock``'s
+# records, so the capture agent sends a block's records as they are.
+UPDATE_DTYPE = UPDATE_RECORD
 # The array frames of an UPDATES message, in order, with their dtypes.
 ARRAY_FRAMES: tuple[tuple[str, np.dtype], ...] = (
     ("keys", UPDATE_DTYPE),
@@ -166,6 +152,10 @@ class UpdateBatch:
         for i in range(len(self)):
             yield self.update(i)
 
+    def block(self) -> UpdateBlock:
+        """The message as an ``UpdateBlock`` (read-only views of the frames, nothing copied)."""
+        return UpdateBlock(self.keys, self.offsets, self.ts, self.size, self.direction, self.tcp_flags)
+
 
 @dataclass
 class StatsMessage:
@@ -193,37 +183,27 @@ def _header(kind: int, n_frames: int, sensor: str, n_updates: int, n_packets: in
     return _HEADER.pack(MAGIC, VERSION, kind, n_frames, len(s), n_updates, n_packets, msg_seq, sent_wall, codes) + s
 
 
-def encode_updates(updates: Sequence[FlowUpdate], *, sensor: str = "", msg_seq: int = 0,
+def encode_updates(updates: UpdateBlock | Sequence[FlowUpdate], *, sensor: str = "", msg_seq: int = 0,
                    sent_wall: float = 0.0, walls: Sequence[float] | np.ndarray | None = None) -> list[Any]:
-    """Frames of one UPDATES message carrying ``updates``.
+    """Frames of one UPDATES message carrying ``updates`` (an ``UpdateBlock`` or ``FlowUpdate`` objects).
 
-    ``walls[i]`` is the sender's wall clock when update i's last packet was read
-    (for end-to-end latency); defaults to ``sent_wall``.
+    A block is sent as it is (its records and packet columns become the frames, no work per
+    update) with the ``wall`` times it holds. For objects, ``walls[i]`` is the sender's wall
+    clock when update i's last packet was read (for end-to-end latency); defaults to
+    ``sent_wall``. ``walls`` given with a block replaces the block's.
     """
-    n = len(updates)
-    lengths = np.fromiter(map(len, updates), dtype=np.int64, count=n)
-    offsets = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    if n:
-        rc = _REASON_CODE
-        if walls is None:
-            walls = [sent_wall] * n
-        # one tuple per update, converted by numpy in one call (field order of UPDATE_DTYPE)
-        keys = np.array([(u.flow_id, u.seq, u.start_ts, w, u.wire_bytes, k.client_hi, k.client_lo, k.server_hi,
-                          k.server_lo, k.client_port, k.server_port, k.vlan, k.proto, u.final, rc.get(u.reason, 0))
-                         for u, k, w in zip(updates, (u.key for u in updates), walls)], dtype=UPDATE_DTYPE)
-        ts = np.concatenate([u.ts for u in updates]).astype("<f8", copy=False)
-        size = np.concatenate([u.size for u in updates]).astype("<u4", copy=False)
-        direction = np.concatenate([u.direction for u in updates]).astype("u1", copy=False)
-        flags = np.concatenate([u.flags_or_zero() for u in updates]).astype("u1", copy=False)
+    if isinstance(updates, UpdateBlock):
+        block = updates
+        if walls is not None:
+            block = UpdateBlock(block.meta.copy(), block.offsets, block.ts, block.size, block.direction,
+                                block.tcp_flags)
+            block.meta["wall"] = walls
     else:
-        keys = np.zeros(0, dtype=UPDATE_DTYPE)
-        ts, size, direction = np.empty(0, "<f8"), np.empty(0, "<u4"), np.empty(0, "u1")
-        flags = np.empty(0, "u1")
-    n_packets = int(offsets[-1])
+        block = UpdateBlock.from_updates(updates, walls, default_wall=sent_wall)
+    n, n_packets = len(block), block.n_packets
     head = _header(KIND_UPDATES, 1 + len(ARRAY_FRAMES), sensor, n, n_packets, msg_seq, sent_wall)
-    return [head, keys, offsets, np.ascontiguousarray(ts), np.ascontiguousarray(size),
-            np.ascontiguousarray(direction), np.ascontiguousarray(flags)]
+    return [head, np.ascontiguousarray(block.meta), np.ascontiguousarray(block.offsets, "<i8"),
+            *(np.ascontiguousarray(getattr(block, name), dt) for name, dt in ARRAY_FRAMES[2:])]
 
 
 def encode_stats(stats: dict[str, Any], *, sensor: str = "", msg_seq: int = 0, sent_wall: float = 0.0,

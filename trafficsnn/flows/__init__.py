@@ -6,7 +6,7 @@ Never imports torch.
     from trafficsnn.flows import FlowTable, EveryK, flows_from_capture, paper_windows
     table = FlowTable(idle_timeout=120, active_timeout=1800, policy=EveryK(8))
     for batch in read_packets("trace.pcap"):
-        for update in table.add(batch):     # FlowUpdate objects
+        for update in table.add(batch):     # FlowUpdate objects (EveryK(8, columnar=True): UpdateBlocks)
             ...
     rest = table.flush()                   # final updates at end of input
 """
@@ -16,14 +16,14 @@ import os
 from collections.abc import Iterable, Iterator
 
 from .policies import Columnar, EveryK, WholeFlows
-from .records import C2S, END_REASONS, S2C, Flow, FlowKey, FlowUpdate
+from .records import C2S, END_REASONS, S2C, Flow, FlowKey, FlowUpdate, UpdateBlock
 from .store import FlowBlock, FlowSet, read_columns, read_flows, write_flows, write_jsonl
 from .table import FlowTable
 from .windows import PaperWindow, flow_prefix, flow_windows, paper_windows
 
 __all__ = [
     "C2S", "S2C", "END_REASONS", "Flow", "FlowKey", "FlowUpdate", "FlowTable", "WholeFlows", "EveryK", "Columnar",
-    "FlowBlock",
+    "FlowBlock", "UpdateBlock",
     "PaperWindow", "paper_windows", "flow_prefix", "flow_windows", "flows_from_capture",
     "FlowSet", "read_flows", "read_columns", "write_flows", "write_jsonl",
 ]

@@ -3,14 +3,15 @@
 A policy gets two calls from ``FlowTable``: ``progress(table, slots, now)`` after
 each batch (or clock advance) for the live flows just touched, and
 ``final(table, slots, reason_codes)`` for flows that ended. Both return records
-(``Flow`` or ``FlowUpdate``). All packet work is vectorised over the flows
-concerned; one Python object is made per emitted record.
+(``Flow``, ``FlowUpdate``, or a block of either as columns). All packet work is
+vectorised over the flows concerned; one Python object is made per emitted record
+unless the policy emits blocks (``Columnar``, ``EveryK(columnar=True)``).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .records import END_REASONS, Flow, FlowUpdate
+from .records import END_REASONS, UPDATE_PACKET_COLS, UPDATE_RECORD, Flow, UpdateBlock
 
 
 class WholeFlows:
@@ -77,20 +78,26 @@ class EveryK:
     update do not depend on how packets were batched; with ``window_s`` a window's
     last packets may come as a periodic update (the clock passed the window end
     first) or in the final one.
+
+    With ``columnar=True`` each call returns one ``UpdateBlock`` (the updates as
+    columns, no Python object per update: what the capture agent sends) instead of
+    ``FlowUpdate`` objects; iterating the block gives the very same updates.
     """
 
-    def __init__(self, k: int, window_s: float | None = None):
+    def __init__(self, k: int, window_s: float | None = None, *, columnar: bool = False):
         if int(k) < 1:
             raise ValueError(f"k must be >= 1, got {k!r}")
         if window_s is not None and not window_s > 0:
             raise ValueError(f"window_s must be > 0 seconds or None, got {window_s!r}")
         self.k = int(k)
         self.window_s = None if window_s is None else float(window_s)
+        self.columnar = bool(columnar)
 
     def __repr__(self) -> str:
-        return f"EveryK(k={self.k}, window_s={self.window_s})"
+        c = ", columnar=True" if self.columnar else ""
+        return f"EveryK(k={self.k}, window_s={self.window_s}{c})"
 
-    def progress(self, table, slots: np.ndarray, now: float) -> list[FlowUpdate]:
+    def progress(self, table, slots: np.ndarray, now: float) -> list:
         if len(slots) == 0:
             return []
         S = table._slots.cols
@@ -105,10 +112,11 @@ class EveryK:
             return []
         return self._emit(table, slots, None, now)
 
-    def final(self, table, slots: np.ndarray, codes: np.ndarray) -> list[FlowUpdate]:
+    def final(self, table, slots: np.ndarray, codes: np.ndarray) -> list:
         return self._emit(table, slots, codes, table.clock)
 
-    def _emit(self, table, slots: np.ndarray, codes, now: float) -> list[FlowUpdate]:
+    def _emit(self, table, slots: np.ndarray, codes, now: float) -> list:
+        """Cut the unsent packets of ``slots`` into updates (all vectorised); ``codes`` for ended flows."""
         S = table._slots.cols
         off, cols = table.take(slots)
         P = int(off[-1])
@@ -151,32 +159,52 @@ class EveryK:
         seq0 = S["sent"][slots].copy()
         S["sent"][slots] += send_n
 
-        # pieces: runs of sent packets between cuts
+        # pieces: runs of sent packets between cuts, one update each
+        sent = ~held
         prev_cut = np.concatenate(([True], cut[:-1])) if P else cut
-        starts = np.flatnonzero(~held & ((pos == 0) | prev_cut))
-        ends = np.flatnonzero(cut) + 1
-        keys = table.keys_of(slots)
-        fids = S["fid"][slots].tolist()
-        fts = first_ts.tolist()
-        ts, size, d, wl, tf = cols["ts"], cols["size"], cols["direction"], cols["wire_len"], cols["tcp_flags"]
-        out: list[FlowUpdate] = []
-        pf = f[starts].tolist()
-        pseq = (seq0[f[starts]] + pos[starts]).tolist()
-        wsum = np.add.reduceat(wl.astype(np.int64), starts).tolist() if len(starts) else []
-        has_piece = np.zeros(F, bool)
-        if len(starts):
-            has_piece[f[starts]] = True
-            is_last_piece = np.append(f[starts][1:] != f[starts][:-1], True)
-        for j, (a, b) in enumerate(zip(starts.tolist(), ends.tolist())):
-            i = pf[j]
-            fin = codes is not None and bool(is_last_piece[j]) and not natural_end[i]
-            out.append(FlowUpdate(fids[i], keys[i], fts[i], pseq[j], ts[a:b], size[a:b], d[a:b],
-                                  final=fin, reason=END_REASONS[codes[i] - 1] if fin else "",
-                                  wire_bytes=wsum[j], tcp_flags=tf[a:b]))
+        starts = np.flatnonzero(sent & ((pos == 0) | prev_cut))
+        pf = f[starts]
+        sent_idx = np.flatnonzero(sent)
+        n_pieces = len(starts)
+        fin = np.zeros(n_pieces, bool)
+        if codes is not None and n_pieces:
+            is_last_piece = np.append(pf[1:] != pf[:-1], True)
+            fin = is_last_piece & ~natural_end[pf]
+        p0 = np.searchsorted(sent_idx, starts)            # where each piece starts among the sent packets
+        wsum = np.add.reduceat(cols["wire_len"][sent_idx].astype(np.uint64), p0) \
+            if n_pieces else np.zeros(0, np.uint64)
+        rows = pf
+        seq = seq0[pf] + pos[starts]
+        lengths = np.diff(np.append(p0, len(sent_idx)))
         if codes is not None:
-            for i in np.flatnonzero(~has_piece | natural_end).tolist():
-                out.append(FlowUpdate(fids[i], keys[i], fts[i], int(seq0[i] + send_n[i]),
-                                      ts[:0], size[:0], d[:0], final=True,
-                                      reason=END_REASONS[codes[i] - 1], tcp_flags=tf[:0]))
-            out.sort(key=lambda u: (u.flow_id, u.seq, u.final))
-        return out
+            # a flow whose last piece is full (or that sent nothing) ends with an update of no packets
+            has_piece = np.zeros(F, bool)
+            has_piece[pf] = True
+            empty = np.flatnonzero(~has_piece | natural_end)
+            rows = np.concatenate((pf, empty))
+            seq = np.concatenate((seq, seq0[empty] + send_n[empty]))
+            lengths = np.concatenate((lengths, np.zeros(len(empty), np.int64)))
+            fin = np.concatenate((fin, np.ones(len(empty), bool)))
+            wsum = np.concatenate((wsum, np.zeros(len(empty), np.uint64)))
+        meta = np.zeros(len(rows), UPDATE_RECORD)
+        kc = table.key_columns(slots)
+        for name in ("flow_id", "client_hi", "client_lo", "server_hi", "server_lo", "client_port",
+                     "server_port", "vlan", "proto"):
+            meta[name] = kc[name][rows]
+        meta["start_ts"] = first_ts[rows]
+        meta["seq"] = seq
+        meta["wire_bytes"] = wsum
+        meta["final"] = fin
+        if codes is not None:
+            meta["reason"] = np.where(fin, codes[rows], 0)
+        offsets = np.zeros(len(rows) + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        block = UpdateBlock(meta, offsets, *(cols[name][sent_idx].astype(dt, copy=False)
+                                             for name, dt in UPDATE_PACKET_COLS))
+        if codes is not None and len(block):
+            order = np.lexsort((meta["final"], meta["seq"], meta["flow_id"]))
+            if bool((order != np.arange(len(order))).any()):
+                block = block.take(order)
+        if self.columnar:
+            return [block] if len(block) else []
+        return block.updates()

@@ -267,7 +267,8 @@ class LiveSource:
 
 def open_live(iface: str, *, bpf_filter: str | None = None, snaplen: int = 256, promisc: bool = False,
               ring: bool = True, ring_mb: float = 64, block_kb: int = 1024, block_timeout_ms: int = 10,
-              fanout_group: int | None = None, batch_size: int = 8192, timeout: float = 0.1):
+              fanout_group: int | None = None, batch_size: int = 8192, timeout: float = 0.1,
+              batch_wait_ms: int = 20):
     """A live source on ``iface`` and one line saying which path runs.
 
     The TPACKET_V3 ring when ``ring`` (default) and the kernel gives one; otherwise
@@ -279,10 +280,10 @@ def open_live(iface: str, *, bpf_filter: str | None = None, snaplen: int = 256, 
         try:
             src = RingSource(iface, bpf_filter=bpf_filter, snaplen=snaplen, promisc=promisc, ring_mb=ring_mb,
                              block_kb=block_kb, block_timeout_ms=block_timeout_ms, fanout_group=fanout_group,
-                             timeout=timeout)
+                             timeout=timeout, batch_wait_ms=batch_wait_ms)
             fan = f", fanout group {fanout_group} (hash)" if fanout_group is not None else ""
             return src, (f"live capture on {iface}: TPACKET_V3 ring, {src.block_nr} blocks x "
-                         f"{src.block_size >> 10} KiB, block timeout {block_timeout_ms} ms{fan}")
+                         f"{src.block_size >> 10} KiB, block timeout {block_timeout_ms} ms, batch wait {batch_wait_ms} ms{fan}")
         except RingUnavailable as err:
             if fanout_group is not None:
                 raise

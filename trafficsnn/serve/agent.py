@@ -1,7 +1,9 @@
 """The capture agent: packets (live interface or pcap) -> flow table -> flow updates over ZeroMQ PUSH.
 
 One loop, one thread: read a frame batch, decode it, feed the flow table with
-the ``EveryK`` streaming policy, and ship the updates it emits in batches.
+the ``EveryK`` streaming policy, and ship the updates it emits in batches. The
+updates stay columnar (``UpdateBlock``) from the policy to the wire: queueing,
+sharding by flow and encoding are numpy work per message, none per update.
 Sending never blocks on a slow or absent classifier: the PUSH socket has a
 bounded high-water mark and every send is non-blocking; what cannot be queued
 is dropped and counted (updates and their packets). On a quiet live link the
@@ -26,7 +28,7 @@ import zmq
 
 from .. import wire
 from ..errors import ConfigError, LinkError
-from ..flows.records import FlowUpdate
+from ..flows.records import FlowUpdate, UpdateBlock
 from .sdnotify import Notifier
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,7 @@ class AgentConfig:
     ring_mb: float = 64.0               # ring memory per capture process
     block_kb: int = 1024                # ring block size; a block is handed over when full or after the timeout
     block_timeout_ms: int = 10
+    batch_wait_ms: int = 20             # ring: wait this long after a block for more (up to 4096 frames a batch)
     workers: int = 1                    # capture processes in one PACKET_FANOUT (hash) group, each its own table
     fanout_group: int | None = None     # the group id (default with workers > 1: from the process id)
     lossless_linger_s: float = 600.0    # lossless: how long closing waits for queued messages to leave
@@ -105,6 +108,8 @@ class AgentConfig:
             raise ConfigError(f"--ring-size/--ring-block: {err}") from None
         if not 1 <= self.block_timeout_ms <= 60000:
             raise ConfigError(f"--block-timeout must be within 1..60000 ms, got {self.block_timeout_ms}")
+        if not 0 <= self.batch_wait_ms <= 1000:
+            raise ConfigError(f"--batch-wait must be within 0..1000 ms, got {self.batch_wait_ms}")
         if self.workers < 1:
             raise ConfigError(f"--workers must be >= 1, got {self.workers}")
         if self.fanout_group is not None and not 0 <= self.fanout_group <= 0xFFFF:
@@ -140,8 +145,8 @@ class CaptureAgent:
         self.metrics: Any = None
         self._decoder: Any = None
         self._msg_seq = 0
-        self._pending: list[FlowUpdate] = []
-        self._walls: list[float] = []
+        self._pending: list[UpdateBlock] = []   # queued updates, each block's wall times set
+        self._n_pending = 0
         self._pending_since = 0.0
         self.live_path = ""
         self.damaged: dict[str, str] = {}   # --pcap: file -> what was wrong with it
@@ -257,7 +262,7 @@ class CaptureAgent:
 
         cfg = self.cfg
         return FlowTable(idle_timeout=cfg.idle_timeout, active_timeout=cfg.active_timeout,
-                         max_flows=cfg.max_flows, policy=EveryK(cfg.every, window_s=cfg.window))
+                         max_flows=cfg.max_flows, policy=EveryK(cfg.every, window_s=cfg.window, columnar=True))
 
     def _frames(self) -> Iterator[Any]:
         """FrameBatches from the source; an empty batch marks a quiet moment (live) for the clock."""
@@ -268,6 +273,7 @@ class CaptureAgent:
             self.source, line = open_live(cfg.iface, bpf_filter=cfg.bpf_filter, snaplen=cfg.snaplen,
                                           promisc=cfg.promisc, ring=cfg.ring, ring_mb=cfg.ring_mb,
                                           block_kb=cfg.block_kb, block_timeout_ms=cfg.block_timeout_ms,
+                                          batch_wait_ms=cfg.batch_wait_ms,
                                           fanout_group=cfg.fanout_group, batch_size=cfg.read_batch, timeout=0.1)
             self.live_path = self.source.path
             log.info("%s%s", f"[{cfg.sensor}] " if self.report else "", line)
@@ -441,18 +447,24 @@ class CaptureAgent:
 
     # ------------------------------------------------------------- sending
     def _queue(self, items: list[Any], wall: float) -> None:
+        """Queue what the table emitted (``UpdateBlock``s; ``FlowUpdate`` objects are packed into one)."""
         if not items:
+            return
+        blocks = [it for it in items if isinstance(it, UpdateBlock) and len(it)]
+        objs = [it for it in items if isinstance(it, FlowUpdate)]
+        if objs:
+            blocks.append(UpdateBlock.from_updates(objs))
+        if not blocks:
             return
         if not self._pending:
             self._pending_since = time.monotonic()
-        for it in items:
-            if isinstance(it, FlowUpdate):
-                self._pending.append(it)
-                self.counters["updates"] += 1
-                if it.final:
-                    self.counters["flows_ended"] += 1
-        self._walls.extend([wall] * (len(self._pending) - len(self._walls)))
-        if len(self._pending) >= self.cfg.max_batch:
+        for blk in blocks:
+            blk.meta["wall"] = wall
+            self._pending.append(blk)
+            self._n_pending += len(blk)
+            self.counters["updates"] += len(blk)
+            self.counters["flows_ended"] += int(np.count_nonzero(blk.meta["final"]))
+        if self._n_pending >= self.cfg.max_batch:
             self._send_pending()
 
     def _maybe_send(self, now: float) -> None:
@@ -463,36 +475,38 @@ class CaptureAgent:
             self._send_pending()
 
     def _send_pending(self) -> None:
+        """Everything queued, in order, as messages of at most ``max_batch`` updates."""
+        if not self._pending:
+            return
+        block = UpdateBlock.concat(self._pending)
+        self._pending, self._n_pending = [], 0
         mb = self.cfg.max_batch
-        while self._pending:
-            ups, walls = self._pending[:mb], self._walls[:mb]
-            del self._pending[:mb], self._walls[:mb]
-            self._send(ups, walls)
+        for a in range(0, len(block), mb):
+            self._send(block[a:a + mb])
 
-    def _send(self, ups: list[FlowUpdate], walls: list[float]) -> None:
+    def _send(self, block: UpdateBlock) -> None:
         n = len(self.socks)
         if n > 1:
-            shards: list[list[int]] = [[] for _ in range(n)]
-            for j, u in enumerate(ups):  # one pass, not one scan per shard
-                shards[u.flow_id % n].append(j)
-            for sel, sock in zip(shards, self.socks):
-                if sel:
-                    self._send_one([ups[j] for j in sel], [walls[j] for j in sel], sock)
+            # one socket per classifier shard: every flow always to the same one, order kept within a shard
+            shard = block.meta["flow_id"] % np.uint64(n)
+            for i, sock in enumerate(self.socks):
+                sel = np.flatnonzero(shard == i)
+                if len(sel):
+                    self._send_one(block.take(sel), sock)
             return
-        self._send_one(ups, walls, self.sock)
+        self._send_one(block, self.sock)
 
-    def _send_one(self, ups: list[FlowUpdate], walls: list[float], sock: zmq.Socket) -> None:
+    def _send_one(self, block: UpdateBlock, sock: zmq.Socket) -> None:
         self._msg_seq += 1
-        frames = wire.encode_updates(ups, sensor=self.cfg.sensor, msg_seq=self._msg_seq,
-                                     sent_wall=time.time(), walls=walls)
-        npk = int(frames[3].shape[0])  # the ts frame
+        frames = wire.encode_updates(block, sensor=self.cfg.sensor, msg_seq=self._msg_seq, sent_wall=time.time())
+        npk = block.n_packets
         if self._deliver(frames, sock):
             self.counters["messages_sent"] += 1
-            self.counters["updates_sent"] += len(ups)
+            self.counters["updates_sent"] += len(block)
             self.counters["packets_sent"] += npk
         else:
             self.counters["messages_dropped"] += 1
-            self.counters["updates_dropped"] += len(ups)
+            self.counters["updates_dropped"] += len(block)
             self.counters["packets_dropped"] += npk
 
     def _deliver(self, frames: list[Any], sock: zmq.Socket) -> bool:
@@ -545,7 +559,7 @@ class CaptureAgent:
 
     def snapshot(self) -> dict[str, Any]:
         c = dict(self.counters)
-        c["pending_updates"] = len(self._pending)
+        c["pending_updates"] = self._n_pending
         if self.cfg.iface and self.source is not None and hasattr(self.source, "kernel_stats"):
             c.update(self.source.kernel_stats())
         table, gauges = self.table, {"flows_active": 0, "table_bytes": 0}
