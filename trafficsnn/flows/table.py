@@ -36,6 +36,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..packets.batch import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, PacketBatch
+from . import table_kernel
 from .hashindex import HashIndex
 from .records import END_REASONS, Flow, FlowKey, FlowUpdate
 
@@ -180,7 +181,7 @@ class FlowTable:
 
     def __init__(self, idle_timeout: float | None = 120.0, active_timeout: float | None = 1800.0,
                  max_flows: int | None = 1_000_000, tcp_close: bool = True,
-                 max_packets: int | None = None, policy=None, fin_grace: float = 2.0):
+                 max_packets: int | None = None, policy=None, fin_grace: float = 2.0, kernel: str = "auto"):
         for name, v in (("idle_timeout", idle_timeout), ("active_timeout", active_timeout)):
             if v is not None and not v > 0:
                 raise ValueError(f"{name} must be > 0 seconds or None, got {v!r}")
@@ -190,7 +191,7 @@ class FlowTable:
             raise ValueError(f"max_flows must be >= 1 or None, got {max_flows!r}")
         if max_packets is not None and max_packets < 1:
             raise ValueError(f"max_packets must be >= 1 or None, got {max_packets!r}")
-        from .policies import WholeFlows
+        from .policies import Columnar, WholeFlows
 
         self.idle_timeout = None if idle_timeout is None else float(idle_timeout)
         self.active_timeout = None if active_timeout is None else float(active_timeout)
@@ -199,6 +200,10 @@ class FlowTable:
         self.fin_grace = float(fin_grace)
         self.max_packets = max_packets
         self.policy = policy if policy is not None else WholeFlows()
+        # progress() of these policies ignores which slots were touched: no need to order them
+        self._order_free = type(self.policy) in (WholeFlows, Columnar)
+        self.kernel = table_kernel.choose(kernel)
+        self._binst = np.empty(0, np.int32)     # C kernel scratch: slot -> its flow's row in the batch
         self.clock = -np.inf
         self._slots = _Grow(_SLOT_COLS, 1024)
         self._free = np.empty(0, np.int64)      # stack of free slots
@@ -266,7 +271,9 @@ class FlowTable:
             return []
         self.stats["packets"] += n
         out: list = []
-        touched = self._ingest(batch, out)
+        touched = self._ingest_c(batch, out) if self.kernel == "c" else self._ingest(batch, out)
+        if not self._order_free:
+            touched = touched[np.argsort(self._slots.cols["fid"][touched])]   # the same order on both paths
         now = float(batch.ts.max())
         if now > self.clock:
             self.clock = now
@@ -282,6 +289,7 @@ class FlowTable:
         if now > self.clock:
             self.clock = float(now)
         live = np.flatnonzero(self._slots.cols["live"][: self._slots.n])
+        live = live[np.argsort(self._slots.cols["fid"][live])]
         out = list(self.policy.progress(self, live, self.clock))
         out.extend(self._expire(self.clock))
         self._maybe_compact()
@@ -305,6 +313,15 @@ class FlowTable:
                 + self._free.nbytes + over)
 
     # ------------------------------------------------------------- internals
+    def _ingest_c(self, batch: PacketBatch, out: list) -> np.ndarray:
+        """``_ingest`` by the compiled kernel (``table_kernel.c``): the same flows, one pass."""
+        end_slots, end_codes, touched, created = table_kernel.ingest(self, batch)
+        self._n_live += created
+        self.stats["flows_created"] += created
+        if len(end_slots):
+            out.extend(self._end(end_slots, end_codes, indexed=False))
+        return touched
+
     def _ingest(self, batch: PacketBatch, out: list) -> np.ndarray:
         S = self._slots.cols
         n = len(batch)
@@ -608,7 +625,7 @@ class FlowTable:
     def _unindex(self, slots: np.ndarray) -> None:
         if len(slots) == 0:
             return
-        res, where = self._index.lookup(self._slots.cols["hash"][slots])
+        res, where = self._index.lookup(self._slots.cols["hash"][slots], want=slots)
         mine = res == slots
         self._index.remove_at(where[mine])
         if self._overflow and not mine.all():
@@ -660,8 +677,8 @@ class FlowTable:
         S = self._slots.cols
         live = np.flatnonzero(S["live"][: self._slots.n])
         m = self._n_live - self.max_flows
-        lt = S["last_ts"][live]
-        victims = live[np.argpartition(lt, m - 1)[:m]] if m < len(live) else live
+        # least recently seen first; equal times: the older flow (so the victims never depend on slots)
+        victims = live[np.lexsort((S["fid"][live], S["last_ts"][live]))[:m]]
         self.stats["evicted"] += len(victims)
         return self._end(victims, np.full(len(victims), R_EVICTED, np.int8))
 

@@ -1,0 +1,210 @@
+/* The flow table's per-batch ingest as one pass over the packets (trafficsnn/flows/table_kernel.py).
+ *
+ * Same semantics as FlowTable._ingest (numpy, the reference; tests prove both give identical flows):
+ * packets are taken in capture order; each finds its live flow in the table's open-addressing index
+ * (linear probing, the index arrays of flows/hashindex.py, full key checked) and either continues it
+ * or ends it first (idle gap to the key's previous packet, active timeout, a closing flow's SYN or
+ * grace), then updates the counters; an RST ends its flow after the packet. Kept packets go to the
+ * columnar store grouped per flow (one segment per flow and batch) by a counting sort.
+ * Ended flows are returned to Python, which hands them to the emission policy and frees the slots.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define EMPTY (-1)
+#define TOMB (-2)
+enum { R_IDLE = 1, R_ACTIVE = 2, R_FIN = 3, R_RST = 4 };
+#define F_FIN 0x01
+#define F_SYN 0x02
+#define F_RST 0x04
+#define F_ACK 0x10
+
+/* slot columns, in table_kernel.py's SLOT_ORDER */
+typedef struct {
+    uint16_t *vlan; uint8_t *proto; uint64_t *ahi, *alo; uint16_t *aport; uint64_t *bhi, *blo;
+    uint16_t *bport; uint64_t *hash; uint8_t *client_a; int64_t *fid; double *first_ts, *last_ts;
+    int64_t *pk0, *pk1, *by0, *by1; uint8_t *fin_a, *fin_b; int64_t *stored, *sent; double *pend_ts;
+    uint8_t *live; double *close_ts;
+} Slots;
+
+typedef struct { int64_t slot, kept, cursor; double prev_raw; int8_t ended, had_none; } Inst;
+
+static inline uint64_t mix64(uint64_t h, uint64_t x) {
+    h = (h ^ x) * 0xBF58476D1CE4E5B9ULL;
+    h ^= h >> 27;
+    h *= 0x94D049BB133111EBULL;
+    h ^= h >> 31;
+    return h;
+}
+
+/* io: 0 n_slots, 1 n_free, 2 next_fid, 3 index used, 4 index tomb, 5 index cap, 6 store n, 7 segs n,
+ *     8 tcp_close, 9 max_packets (-1 = all), 10 created, 11 ended, 12 touched, 13 ts clamped,
+ *     14 packets not stored, 15 hash mask, 16 idle on, 17 active on
+ * dp: 0 idle timeout, 1 active timeout, 2 fin grace
+ * Returns 0, or -1 when out of memory (nothing was changed then). */
+int64_t ft_ingest(int64_t n, void **b, void **sc, uint64_t *ikeys, int64_t *ivals, int64_t *freel,
+                  int32_t *binst, void **st, void **sg, int64_t *io, const double *dp,
+                  int64_t *end_slot, int8_t *end_code, int64_t *touched)
+{
+    const double *ts = b[0];
+    const uint64_t *shi = b[1], *slo = b[2], *dhi = b[3], *dlo = b[4];
+    const uint16_t *sport = b[5], *dport = b[6];
+    const uint8_t *proto = b[7];
+    const uint32_t *ip_len = b[8], *wire_len = b[9];
+    const uint8_t *tflags = b[10];
+    const uint16_t *vlan = b[11];
+    Slots S = { sc[0], sc[1], sc[2], sc[3], sc[4], sc[5], sc[6], sc[7], sc[8], sc[9], sc[10], sc[11],
+                sc[12], sc[13], sc[14], sc[15], sc[16], sc[17], sc[18], sc[19], sc[20], sc[21], sc[22],
+                sc[23] };
+    double *st_ts = st[0]; uint32_t *st_size = st[1]; uint8_t *st_dir = st[2];
+    uint32_t *st_wire = st[3]; uint8_t *st_flags = st[4];
+    int64_t *sg_slot = sg[0], *sg_start = sg[1], *sg_end = sg[2]; uint8_t *sg_alive = sg[3];
+
+    int64_t n_slots = io[0], n_free = io[1], next_fid = io[2], used = io[3], tomb = io[4];
+    const uint64_t mask = (uint64_t)io[5] - 1, hmask = (uint64_t)io[15];
+    const int tcp_close = (int)io[8];
+    const int64_t max_packets = io[9];
+    const int idle_on = (int)io[16], active_on = (int)io[17];
+    const double idle = dp[0], active = dp[1], grace = dp[2];
+    int64_t created = 0, n_end = 0, clamped_n = 0, not_stored = 0;
+
+    Inst *inst = malloc(sizeof(Inst) * (size_t)(n > 0 ? n : 1));
+    int32_t *pinst = malloc(sizeof(int32_t) * (size_t)(n > 0 ? n : 1));
+    double *pts = malloc(sizeof(double) * (size_t)(n > 0 ? n : 1));
+    uint8_t *pdir = malloc((size_t)(n > 0 ? n : 1));
+    if (!inst || !pinst || !pts || !pdir) {
+        free(inst); free(pinst); free(pts); free(pdir);
+        return -1;
+    }
+    int64_t ni = 0;
+
+    for (int64_t i = 0; i < n; i++) {
+        /* canonical key: the lower (hi, lo, port) endpoint is a */
+        uint64_t ah, al, bh, bl; uint16_t ap, bp; int fa;
+        if (shi[i] < dhi[i] || (shi[i] == dhi[i] && (slo[i] < dlo[i] || (slo[i] == dlo[i] && sport[i] <= dport[i])))) {
+            ah = shi[i]; al = slo[i]; ap = sport[i]; bh = dhi[i]; bl = dlo[i]; bp = dport[i]; fa = 1;
+        } else {
+            ah = dhi[i]; al = dlo[i]; ap = dport[i]; bh = shi[i]; bl = slo[i]; bp = sport[i]; fa = 0;
+        }
+        const uint16_t vl = vlan[i]; const uint8_t pr = proto[i];
+        uint64_t small = (uint64_t)bp | ((uint64_t)ap << 16) | ((uint64_t)pr << 32) | ((uint64_t)vl << 48);
+        uint64_t h = ah * 0x9E3779B97F4A7C15ULL;
+        h ^= al * 0xC2B2AE3D27D4EB4FULL;
+        h ^= bh * 0x165667B19E3779F9ULL;
+        h ^= bl * 0xD6E8FEB86659FD93ULL;
+        h = mix64(h, small) & hmask;
+
+        /* look the key up among live flows */
+        int64_t s = -1, bucket = -1;
+        for (uint64_t p = h & mask;; p = (p + 1) & mask) {
+            int64_t v = ivals[p];
+            if (v == EMPTY) break;
+            if (v >= 0 && ikeys[p] == h && S.alo[v] == al && S.blo[v] == bl && S.ahi[v] == ah && S.bhi[v] == bh
+                && S.aport[v] == ap && S.bport[v] == bp && S.proto[v] == pr && S.vlan[v] == vl) {
+                s = v; bucket = (int64_t)p; break;
+            }
+        }
+        const double t = ts[i];
+        const uint8_t fl = tflags[i];
+        const int tcp = pr == 6;
+        int32_t k = -1;
+        if (s >= 0) {
+            k = binst[s];
+            double prev = k >= 0 ? inst[k].prev_raw : S.last_ts[s];
+            int code = 0;
+            if (idle_on && t - prev > idle) code = R_IDLE;
+            else if (active_on && t - S.first_ts[s] > active) code = R_ACTIVE;
+            else if (tcp_close && isfinite(S.close_ts[s]) && ((tcp && (fl & F_SYN)) || t - S.close_ts[s] > grace))
+                code = R_FIN;
+            if (code) {
+                ivals[bucket] = TOMB; used--; tomb++;
+                end_slot[n_end] = s; end_code[n_end] = (int8_t)code; n_end++;
+                if (k >= 0) inst[k].ended = (int8_t)code;
+                s = -1; k = -1;
+            }
+        }
+        if (s < 0) {
+            s = n_free > 0 ? freel[--n_free] : n_slots++;
+            S.vlan[s] = vl; S.proto[s] = pr; S.ahi[s] = ah; S.alo[s] = al; S.aport[s] = ap;
+            S.bhi[s] = bh; S.blo[s] = bl; S.bport[s] = bp; S.hash[s] = h;
+            int synack = tcp && (fl & (F_SYN | F_ACK)) == (F_SYN | F_ACK);
+            S.client_a[s] = (uint8_t)(fa ^ synack);
+            S.fid[s] = next_fid++;
+            S.first_ts[s] = t; S.last_ts[s] = t; S.pend_ts[s] = t;
+            S.pk0[s] = S.pk1[s] = S.by0[s] = S.by1[s] = S.stored[s] = S.sent[s] = 0;
+            S.fin_a[s] = S.fin_b[s] = 0;
+            S.close_ts[s] = INFINITY;
+            S.live[s] = 1;
+            created++;
+            uint64_t p = h & mask;
+            while (ivals[p] >= 0) p = (p + 1) & mask;
+            if (ivals[p] == TOMB) tomb--;
+            ikeys[p] = h; ivals[p] = s; used++;
+            binst[s] = -1;
+        }
+        if (k < 0) {
+            k = (int32_t)ni++;
+            binst[s] = k;
+            inst[k].slot = s; inst[k].kept = 0; inst[k].ended = 0;
+            inst[k].had_none = S.stored[s] == S.sent[s];
+        }
+        /* the packet joins flow s: timestamps never go back inside a flow */
+        double tc = t;
+        if (tc < S.last_ts[s]) { tc = S.last_ts[s]; clamped_n++; }
+        S.last_ts[s] = tc;
+        inst[k].prev_raw = t;
+        int dir = fa != S.client_a[s];
+        uint64_t w = wire_len[i];
+        if (dir) { S.pk1[s]++; S.by1[s] += (int64_t)w; } else { S.pk0[s]++; S.by0[s] += (int64_t)w; }
+        if (max_packets < 0 || S.stored[s] < max_packets) {
+            if (inst[k].kept == 0 && inst[k].had_none) S.pend_ts[s] = tc;
+            S.stored[s]++;
+            inst[k].kept++;
+            pinst[i] = k;
+        } else {
+            pinst[i] = -1;
+            not_stored++;
+        }
+        pts[i] = tc;
+        pdir[i] = (uint8_t)dir;
+        if (tcp_close && tcp) {
+            if (fl & F_FIN) { if (fa) S.fin_a[s] = 1; else S.fin_b[s] = 1; }
+            if (S.fin_a[s] && S.fin_b[s] && !isfinite(S.close_ts[s])) S.close_ts[s] = t;
+            if (fl & F_RST) {
+                uint64_t p = S.hash[s] & mask;
+                while (ivals[p] != s) p = (p + 1) & mask;
+                ivals[p] = TOMB; used--; tomb++;
+                end_slot[n_end] = s; end_code[n_end] = R_RST; n_end++;
+                inst[k].ended = R_RST;
+            }
+        }
+    }
+
+    /* the store: each instance's kept packets contiguous, instances in order of first packet */
+    int64_t base = io[6], nseg = io[7], cur = base, nt = 0;
+    for (int64_t j = 0; j < ni; j++) {
+        Inst *q = &inst[j];
+        q->cursor = cur;
+        if (q->kept) {
+            sg_slot[nseg] = q->slot; sg_start[nseg] = cur; sg_end[nseg] = cur + q->kept; sg_alive[nseg] = 1;
+            nseg++;
+        }
+        cur += q->kept;
+        binst[q->slot] = -1;
+        if (!q->ended) touched[nt++] = q->slot;
+    }
+    for (int64_t i = 0; i < n; i++) {
+        int32_t k = pinst[i];
+        if (k < 0) continue;
+        int64_t o = inst[k].cursor++;
+        st_ts[o] = pts[i]; st_size[o] = ip_len[i]; st_dir[o] = pdir[i]; st_wire[o] = wire_len[i];
+        st_flags[o] = tflags[i];
+    }
+    free(inst); free(pinst); free(pts); free(pdir);
+    io[0] = n_slots; io[1] = n_free; io[2] = next_fid; io[3] = used; io[4] = tomb;
+    io[6] = cur; io[7] = nseg; io[10] = created; io[11] = n_end; io[12] = nt; io[13] = clamped_n;
+    io[14] = not_stored;
+    return 0;
+}
