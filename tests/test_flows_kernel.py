@@ -144,12 +144,12 @@ def test_kernel_matches_numpy_on_ndpi_captures(ndpi_dev):
             assert sa == sb, (p.name, opts)
 
 
-def test_no_compiler_falls_back_to_numpy_and_says_so_once(monkeypatch, tmp_path):
+def test_no_compiler_falls_back_to_numpy_and_says_so_once(monkeypatch, tmp_path, request):
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
     monkeypatch.setenv("TRAFFICSNN_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("TRAFFICSNN_FLOWS_KERNEL", raising=False)
-    monkeypatch.setattr(table_kernel, "_LIB", None)
-    monkeypatch.setattr(table_kernel, "_TRIED", False)
+    table_kernel.KERNEL.reset()
+    request.addfinalizer(table_kernel.KERNEL.reset)      # later tests build it with the real compiler
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         tables = [FlowTable() for _ in range(3)]

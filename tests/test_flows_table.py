@@ -11,15 +11,7 @@ from trafficsnn.packets.batch import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, PacketB
 ACK, SYN, FIN, RST = TCP_ACK, TCP_SYN, TCP_FIN, TCP_RST
 
 
-@pytest.fixture(autouse=True, params=["numpy", "c"])
-def kernel(request, monkeypatch):
-    """Every test here runs on both flow-table paths (the C kernel where it can be built)."""
-    from trafficsnn.flows import table_kernel
-
-    if request.param == "c" and table_kernel.library() is None:
-        pytest.skip("no C compiler: the flow table's kernel cannot be built")
-    monkeypatch.setenv("TRAFFICSNN_FLOWS_KERNEL", request.param)
-    return request.param
+pytestmark = pytest.mark.usefixtures("both_kernels")         # every test on both flow-table paths
 
 
 def _batches(rng, n_batches=6, tcp_close=True):
@@ -293,7 +285,7 @@ def test_bad_options():
         FlowTable().flush(reason="bogus")
 
 
-def test_hash_collisions_fall_back_and_stay_correct(monkeypatch, kernel):
+def test_hash_collisions_fall_back_and_stay_correct(monkeypatch, both_kernels):
     import trafficsnn.flows.table as tbl
     from trafficsnn.flows import table_kernel
 
@@ -303,8 +295,8 @@ def test_hash_collisions_fall_back_and_stay_correct(monkeypatch, kernel):
     rng = np.random.default_rng(21)
     t = FlowTable(idle_timeout=2.0, active_timeout=10.0)
     out, ref = _run_both(t, RefTable(2.0, 10.0, True), _batches(rng))
-    assert t.kernel == kernel
-    assert t.stats["hash_collisions"] > 0 or kernel == "c"     # the numpy path's sort fallback ran
+    assert t.kernel == both_kernels
+    assert t.stats["hash_collisions"] > 0 or both_kernels == "c"     # the numpy path's sort fallback ran
     assert [(f.end_reason, f.ts.tolist(), f.direction.tolist()) for f in out] == \
         [(g["reason"], g["ts"], g["dir"]) for g in ref]
 

@@ -18,6 +18,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 
@@ -127,3 +128,50 @@ def load(name: str, source: str, *, what: str, fallback: str, **kw) -> ctypes.CD
     except (NativeUnavailable, OSError) as exc:
         warnings.warn(f"{what} unavailable ({exc}); using {fallback}", RuntimeWarning, stacklevel=3)
         return None
+
+
+ENV_FLOWS = "TRAFFICSNN_FLOWS_KERNEL"
+
+
+class Lazy:
+    """One C library built on first use (thread-safe), or None where it cannot be: warned once."""
+
+    def __init__(self, name: str, source: Path, *, what: str, fallback: str, setup=None,
+                 flags: tuple[str, ...] = ("-O2",)):
+        self.name, self.source, self.what, self.fallback = name, Path(source), what, fallback
+        self.setup, self.flags = setup, flags
+        self._lib: ctypes.CDLL | None = None
+        self._tried = False
+        self._lock = threading.Lock()
+
+    def get(self) -> ctypes.CDLL | None:
+        if not self._tried:
+            with self._lock:
+                if not self._tried:
+                    lib = load(self.name, self.source.read_text(), what=self.what, fallback=self.fallback,
+                               flags=self.flags)
+                    if lib is not None and self.setup is not None:
+                        self.setup(lib)
+                    self._lib, self._tried = lib, True
+        return self._lib
+
+    def reset(self) -> None:
+        """Forget the outcome (tests: build again under another environment)."""
+        with self._lock:
+            self._lib, self._tried = None, False
+
+    def use(self, kernel: str = "auto") -> bool:
+        """Whether to run the C path: ``kernel`` ("auto", "c", "numpy"), else ``$TRAFFICSNN_FLOWS_KERNEL``.
+        "c" where it cannot be built is an error naming the fix."""
+        if kernel == "auto":
+            kernel = os.environ.get(ENV_FLOWS, "").strip().lower() or "auto"
+        if kernel not in ("auto", "c", "numpy"):
+            raise ValueError(f"kernel must be auto, c or numpy, got {kernel!r} (check {ENV_FLOWS})")
+        if kernel == "numpy":
+            return False
+        if self.get() is None:
+            if kernel == "c":
+                raise RuntimeError(f"{self.what} was asked for ({ENV_FLOWS}=c or kernel='c') but cannot be "
+                                   f"built here: install a C compiler (cc) or unset {ENV_FLOWS}")
+            return False
+        return True

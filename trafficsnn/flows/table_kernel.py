@@ -10,8 +10,6 @@ flows) elsewhere, with one warning saying so.
 from __future__ import annotations
 
 import ctypes
-import os
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -29,42 +27,25 @@ STORE_ORDER = ("ts", "size", "direction", "wire_len", "tcp_flags")
 SEG_ORDER = ("slot", "start", "end", "alive")
 HASH_MASK = -1          # all 64 bits; tests narrow it to force hash collisions
 
-_LIB = None
-_TRIED = False
-_LOCK = threading.Lock()
+
+
+def _setup(lib: ctypes.CDLL) -> None:
+    lib.ft_ingest.argtypes = [ctypes.c_int64] + [ctypes.c_void_p] * 13
+    lib.ft_ingest.restype = ctypes.c_int64
+
+
+KERNEL = _native.Lazy("flow_table", SOURCE, what="the flow table's C kernel", fallback="the numpy flow table",
+                      setup=_setup)
 
 
 def library() -> ctypes.CDLL | None:
     """The compiled kernel, or None where it cannot be built (warned once)."""
-    global _LIB, _TRIED
-    if not _TRIED:
-        with _LOCK:
-            if not _TRIED:
-                lib = _native.load("flow_table", SOURCE.read_text(), what="the flow table's C kernel",
-                                   fallback="the numpy flow table", flags=("-O2",))
-                if lib is not None:
-                    p = ctypes.c_void_p
-                    lib.ft_ingest.argtypes = [ctypes.c_int64] + [p] * 13
-                    lib.ft_ingest.restype = ctypes.c_int64
-                _LIB, _TRIED = lib, True
-    return _LIB
+    return KERNEL.get()
 
 
 def choose(kernel: str = "auto") -> str:
     """"c" or "numpy" for a new table: ``kernel`` if given, else ``$TRAFFICSNN_FLOWS_KERNEL``, else auto."""
-    if kernel == "auto":
-        kernel = os.environ.get("TRAFFICSNN_FLOWS_KERNEL", "").strip().lower() or "auto"
-    if kernel not in ("auto", "c", "numpy"):
-        raise ValueError(f"flow table kernel must be auto, c or numpy, got {kernel!r} "
-                         "(check TRAFFICSNN_FLOWS_KERNEL)")
-    if kernel == "numpy":
-        return "numpy"
-    if library() is None:
-        if kernel == "c":
-            raise RuntimeError("the flow table's C kernel was asked for (TRAFFICSNN_FLOWS_KERNEL=c) but cannot "
-                               "be built here: install a C compiler (cc) or unset TRAFFICSNN_FLOWS_KERNEL")
-        return "numpy"
-    return "c"
+    return "c" if KERNEL.use(kernel) else "numpy"
 
 
 def _ptrs(arrays) -> ctypes.Array:
