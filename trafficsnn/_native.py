@@ -151,7 +151,12 @@ class Lazy:
                     lib = load(self.name, self.source.read_text(), what=self.what, fallback=self.fallback,
                                flags=self.flags)
                     if lib is not None and self.setup is not None:
-                        self.setup(lib)
+                        try:
+                            self.setup(lib)
+                        except (NativeUnavailable, AttributeError) as exc:
+                            warnings.warn(f"{self.what} unusable ({exc}); using {self.fallback}",
+                                          RuntimeWarning, stacklevel=2)
+                            lib = None
                     self._lib, self._tried = lib, True
         return self._lib
 

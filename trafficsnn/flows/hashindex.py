@@ -21,16 +21,19 @@ class HashIndex:
         self.tomb = 0
 
     def _alloc(self, cap: int) -> None:
+        # (hash, slot) pairs side by side: a probe costs one cache miss, not two
         self.cap = cap
-        self.keys = np.zeros(cap, np.uint64)
-        self.vals = np.full(cap, EMPTY, np.int64)
+        self.table = np.zeros(cap, np.dtype([("key", np.uint64), ("val", np.int64)]))
+        self.keys = self.table["key"]
+        self.vals = self.table["val"]
+        self.vals[:] = EMPTY
 
     def __len__(self) -> int:
         return self.used
 
     @property
     def nbytes(self) -> int:
-        return self.keys.nbytes + self.vals.nbytes
+        return self.table.nbytes
 
     def _probe_start(self, h: np.ndarray) -> np.ndarray:
         return (h & np.uint64(self.cap - 1)).astype(np.int64)

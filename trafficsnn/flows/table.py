@@ -143,14 +143,51 @@ class _Grow:
         return sum(a.nbytes for a in self.cols.values())
 
 
+class _Rows(_Grow):
+    """``_Grow`` over one array of records: ``cols[name]`` are (strided) views of its fields.
+
+    The flow table's per-flow state lives here so that one flow's fields share two cache
+    lines: the C kernel touches a flow per packet, and twenty separate columns would cost
+    twenty cache misses. The layout is C's (``align=True``); ``table_kernel.c`` checks it.
+    """
+
+    def __init__(self, cols: Sequence[tuple[str, type]], cap: int = 1024):
+        self.dtype = np.dtype(list(cols), align=True)
+        self.dtypes = dict(cols)
+        self.n = 0
+        self._set(np.zeros(cap, self.dtype))
+
+    def _set(self, rows: np.ndarray) -> None:
+        self.rows = rows
+        self.cols = {k: rows[k] for k in self.dtype.names}
+
+    @property
+    def cap(self) -> int:
+        return self.rows.shape[0]
+
+    def reserve(self, need: int) -> None:
+        if need <= self.cap:
+            return
+        new = np.zeros(max(need, 2 * self.cap), self.dtype)
+        new[: self.n] = self.rows[: self.n]
+        self.cols.clear()                   # callers hold this dict: it is updated in place
+        self.rows = new
+        self.cols.update({k: new[k] for k in self.dtype.names})
+
+    def nbytes(self) -> int:
+        return self.rows.nbytes
+
+
+# per-flow state, hot fields first (the key and what every packet reads share the first line)
 _SLOT_COLS = (
-    ("vlan", np.uint16), ("proto", np.uint8), ("ahi", np.uint64), ("alo", np.uint64),
-    ("aport", np.uint16), ("bhi", np.uint64), ("blo", np.uint64), ("bport", np.uint16),
-    ("hash", np.uint64), ("client_a", np.bool_), ("fid", np.int64), ("first_ts", np.float64),
-    ("last_ts", np.float64), ("pk0", np.int64), ("pk1", np.int64), ("by0", np.int64),
-    ("by1", np.int64), ("fin_a", np.bool_), ("fin_b", np.bool_), ("stored", np.int64),
-    ("sent", np.int64), ("pend_ts", np.float64), ("live", np.bool_),
+    ("ahi", np.uint64), ("alo", np.uint64), ("bhi", np.uint64), ("blo", np.uint64),
+    ("vlan", np.uint16), ("aport", np.uint16), ("bport", np.uint16), ("proto", np.uint8),
+    ("client_a", np.bool_), ("fin_a", np.bool_), ("fin_b", np.bool_), ("live", np.bool_),
+    ("row", np.int32),              # C kernel scratch: 1 + the flow's row in the current batch, 0 = none
+    ("last_ts", np.float64), ("first_ts", np.float64),
     ("close_ts", np.float64),       # ts of the packet completing the FIN pair; inf = not closing
+    ("pk0", np.int64), ("pk1", np.int64), ("by0", np.int64), ("by1", np.int64),
+    ("stored", np.int64), ("sent", np.int64), ("hash", np.uint64), ("fid", np.int64), ("pend_ts", np.float64),
 )
 _KEY_NAMES = ("vlan", "proto", "ahi", "alo", "aport", "bhi", "blo", "bport")
 
@@ -203,9 +240,9 @@ class FlowTable:
         # progress() of these policies ignores which slots were touched: no need to order them
         self._order_free = type(self.policy) in (WholeFlows, Columnar)
         self.kernel = table_kernel.choose(kernel)
-        self._binst = np.empty(0, np.int32)     # C kernel scratch: slot -> its flow's row in the batch
+        self._scratch = np.empty(0, np.uint8)   # the C kernel's per-batch scratch, reused
         self.clock = -np.inf
-        self._slots = _Grow(_SLOT_COLS, 1024)
+        self._slots = _Rows(_SLOT_COLS, 1024)
         self._free = np.empty(0, np.int64)      # stack of free slots
         self._n_live = 0
         self._index = HashIndex()

@@ -9,9 +9,8 @@
  * Ended flows are returned to Python, which hands them to the emission policy and frees the slots.
  */
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
 
 #define EMPTY (-1)
 #define TOMB (-2)
@@ -21,15 +20,37 @@ enum { R_IDLE = 1, R_ACTIVE = 2, R_FIN = 3, R_RST = 4 };
 #define F_RST 0x04
 #define F_ACK 0x10
 
-/* slot columns, in table_kernel.py's SLOT_ORDER */
+/* one flow's state: the record layout of table.py's _SLOT_COLS (numpy align=True; checked by ft_layout) */
 typedef struct {
-    uint16_t *vlan; uint8_t *proto; uint64_t *ahi, *alo; uint16_t *aport; uint64_t *bhi, *blo;
-    uint16_t *bport; uint64_t *hash; uint8_t *client_a; int64_t *fid; double *first_ts, *last_ts;
-    int64_t *pk0, *pk1, *by0, *by1; uint8_t *fin_a, *fin_b; int64_t *stored, *sent; double *pend_ts;
-    uint8_t *live; double *close_ts;
-} Slots;
+    uint64_t ahi, alo, bhi, blo;
+    uint16_t vlan, aport, bport; uint8_t proto, client_a;
+    uint8_t fin_a, fin_b, live; int32_t row;       /* row: 1 + the flow's row in this batch, 0 = none */
+    double last_ts, first_ts, close_ts;
+    int64_t pk0, pk1, by0, by1, stored, sent;
+    uint64_t hash; int64_t fid; double pend_ts;
+} Slot;
+
+typedef struct { uint64_t key; int64_t val; } Bucket;   /* hashindex.py's table */
+
+#define NFIELDS 25
+/* offsets of Slot's fields in _SLOT_COLS order, then sizeof(Slot) and sizeof(Bucket) */
+void ft_layout(int64_t *out)
+{
+    size_t o[NFIELDS + 2] = {
+        offsetof(Slot, ahi), offsetof(Slot, alo), offsetof(Slot, bhi), offsetof(Slot, blo),
+        offsetof(Slot, vlan), offsetof(Slot, aport), offsetof(Slot, bport), offsetof(Slot, proto),
+        offsetof(Slot, client_a), offsetof(Slot, fin_a), offsetof(Slot, fin_b), offsetof(Slot, live),
+        offsetof(Slot, row), offsetof(Slot, last_ts), offsetof(Slot, first_ts), offsetof(Slot, close_ts),
+        offsetof(Slot, pk0), offsetof(Slot, pk1), offsetof(Slot, by0), offsetof(Slot, by1),
+        offsetof(Slot, stored), offsetof(Slot, sent), offsetof(Slot, hash), offsetof(Slot, fid),
+        offsetof(Slot, pend_ts), sizeof(Slot), sizeof(Bucket) };
+    for (int i = 0; i < NFIELDS + 2; i++) out[i] = (int64_t)o[i];
+}
 
 typedef struct { int64_t slot, kept, cursor; double prev_raw; int8_t ended, had_none; } Inst;
+#define SCRATCH_PER_PACKET 64
+
+int64_t ft_scratch_per_packet(void) { return SCRATCH_PER_PACKET; }
 
 static inline uint64_t mix64(uint64_t h, uint64_t x) {
     h = (h ^ x) * 0xBF58476D1CE4E5B9ULL;
@@ -43,10 +64,9 @@ static inline uint64_t mix64(uint64_t h, uint64_t x) {
  *     8 tcp_close, 9 max_packets (-1 = all), 10 created, 11 ended, 12 touched, 13 ts clamped,
  *     14 packets not stored, 15 hash mask, 16 idle on, 17 active on
  * dp: 0 idle timeout, 1 active timeout, 2 fin grace
- * Returns 0, or -1 when out of memory (nothing was changed then). */
-int64_t ft_ingest(int64_t n, void **b, void **sc, uint64_t *ikeys, int64_t *ivals, int64_t *freel,
-                  int32_t *binst, void **st, void **sg, int64_t *io, const double *dp,
-                  int64_t *end_slot, int8_t *end_code, int64_t *touched)
+ * Returns 0, or -1 when the scratch is too small (nothing was changed then). */
+int64_t ft_ingest(int64_t n, void **b, Slot *S, Bucket *ix, int64_t *freel, void **st, void **sg, int64_t *io,
+                  const double *dp, int64_t *end_slot, int8_t *end_code, int64_t *touched, char *scratch)
 {
     const double *ts = b[0];
     const uint64_t *shi = b[1], *slo = b[2], *dhi = b[3], *dlo = b[4];
@@ -55,9 +75,6 @@ int64_t ft_ingest(int64_t n, void **b, void **sc, uint64_t *ikeys, int64_t *ival
     const uint32_t *ip_len = b[8], *wire_len = b[9];
     const uint8_t *tflags = b[10];
     const uint16_t *vlan = b[11];
-    Slots S = { sc[0], sc[1], sc[2], sc[3], sc[4], sc[5], sc[6], sc[7], sc[8], sc[9], sc[10], sc[11],
-                sc[12], sc[13], sc[14], sc[15], sc[16], sc[17], sc[18], sc[19], sc[20], sc[21], sc[22],
-                sc[23] };
     double *st_ts = st[0]; uint32_t *st_size = st[1]; uint8_t *st_dir = st[2];
     uint32_t *st_wire = st[3]; uint8_t *st_flags = st[4];
     int64_t *sg_slot = sg[0], *sg_start = sg[1], *sg_end = sg[2]; uint8_t *sg_alive = sg[3];
@@ -70,15 +87,13 @@ int64_t ft_ingest(int64_t n, void **b, void **sc, uint64_t *ikeys, int64_t *ival
     const double idle = dp[0], active = dp[1], grace = dp[2];
     int64_t created = 0, n_end = 0, clamped_n = 0, not_stored = 0;
 
-    Inst *inst = malloc(sizeof(Inst) * (size_t)(n > 0 ? n : 1));
-    int32_t *pinst = malloc(sizeof(int32_t) * (size_t)(n > 0 ? n : 1));
-    double *pts = malloc(sizeof(double) * (size_t)(n > 0 ? n : 1));
-    uint8_t *pdir = malloc((size_t)(n > 0 ? n : 1));
-    if (!inst || !pinst || !pts || !pdir) {
-        free(inst); free(pinst); free(pts); free(pdir);
-        return -1;
-    }
+    /* scratch (SCRATCH_PER_PACKET bytes a packet, kept by the caller so its pages stay mapped) */
+    Inst *inst = (Inst *)scratch;
+    double *pts = (double *)(scratch + sizeof(Inst) * (size_t)n);
+    int32_t *pinst = (int32_t *)(pts + n);
+    uint8_t *pdir = (uint8_t *)(pinst + n);
     int64_t ni = 0;
+    if (sizeof(Inst) + sizeof(double) + sizeof(int32_t) + 1 > SCRATCH_PER_PACKET) return -1;
 
     for (int64_t i = 0; i < n; i++) {
         /* canonical key: the lower (hi, lo, port) endpoint is a */
@@ -99,10 +114,10 @@ int64_t ft_ingest(int64_t n, void **b, void **sc, uint64_t *ikeys, int64_t *ival
         /* look the key up among live flows */
         int64_t s = -1, bucket = -1;
         for (uint64_t p = h & mask;; p = (p + 1) & mask) {
-            int64_t v = ivals[p];
+            int64_t v = ix[p].val;
             if (v == EMPTY) break;
-            if (v >= 0 && ikeys[p] == h && S.alo[v] == al && S.blo[v] == bl && S.ahi[v] == ah && S.bhi[v] == bh
-                && S.aport[v] == ap && S.bport[v] == bp && S.proto[v] == pr && S.vlan[v] == vl) {
+            if (v >= 0 && ix[p].key == h && S[v].alo == al && S[v].blo == bl && S[v].ahi == ah && S[v].bhi == bh
+                && S[v].aport == ap && S[v].bport == bp && S[v].proto == pr && S[v].vlan == vl) {
                 s = v; bucket = (int64_t)p; break;
             }
         }
@@ -111,15 +126,15 @@ int64_t ft_ingest(int64_t n, void **b, void **sc, uint64_t *ikeys, int64_t *ival
         const int tcp = pr == 6;
         int32_t k = -1;
         if (s >= 0) {
-            k = binst[s];
-            double prev = k >= 0 ? inst[k].prev_raw : S.last_ts[s];
+            k = S[s].row - 1;
+            double prev = k >= 0 ? inst[k].prev_raw : S[s].last_ts;
             int code = 0;
             if (idle_on && t - prev > idle) code = R_IDLE;
-            else if (active_on && t - S.first_ts[s] > active) code = R_ACTIVE;
-            else if (tcp_close && isfinite(S.close_ts[s]) && ((tcp && (fl & F_SYN)) || t - S.close_ts[s] > grace))
+            else if (active_on && t - S[s].first_ts > active) code = R_ACTIVE;
+            else if (tcp_close && isfinite(S[s].close_ts) && ((tcp && (fl & F_SYN)) || t - S[s].close_ts > grace))
                 code = R_FIN;
             if (code) {
-                ivals[bucket] = TOMB; used--; tomb++;
+                ix[bucket].val = TOMB; used--; tomb++;
                 end_slot[n_end] = s; end_code[n_end] = (int8_t)code; n_end++;
                 if (k >= 0) inst[k].ended = (int8_t)code;
                 s = -1; k = -1;
@@ -127,40 +142,40 @@ int64_t ft_ingest(int64_t n, void **b, void **sc, uint64_t *ikeys, int64_t *ival
         }
         if (s < 0) {
             s = n_free > 0 ? freel[--n_free] : n_slots++;
-            S.vlan[s] = vl; S.proto[s] = pr; S.ahi[s] = ah; S.alo[s] = al; S.aport[s] = ap;
-            S.bhi[s] = bh; S.blo[s] = bl; S.bport[s] = bp; S.hash[s] = h;
+            S[s].vlan = vl; S[s].proto = pr; S[s].ahi = ah; S[s].alo = al; S[s].aport = ap;
+            S[s].bhi = bh; S[s].blo = bl; S[s].bport = bp; S[s].hash = h;
             int synack = tcp && (fl & (F_SYN | F_ACK)) == (F_SYN | F_ACK);
-            S.client_a[s] = (uint8_t)(fa ^ synack);
-            S.fid[s] = next_fid++;
-            S.first_ts[s] = t; S.last_ts[s] = t; S.pend_ts[s] = t;
-            S.pk0[s] = S.pk1[s] = S.by0[s] = S.by1[s] = S.stored[s] = S.sent[s] = 0;
-            S.fin_a[s] = S.fin_b[s] = 0;
-            S.close_ts[s] = INFINITY;
-            S.live[s] = 1;
+            S[s].client_a = (uint8_t)(fa ^ synack);
+            S[s].fid = next_fid++;
+            S[s].first_ts = t; S[s].last_ts = t; S[s].pend_ts = t;
+            S[s].pk0 = S[s].pk1 = S[s].by0 = S[s].by1 = S[s].stored = S[s].sent = 0;
+            S[s].fin_a = S[s].fin_b = 0;
+            S[s].close_ts = INFINITY;
+            S[s].live = 1;
             created++;
             uint64_t p = h & mask;
-            while (ivals[p] >= 0) p = (p + 1) & mask;
-            if (ivals[p] == TOMB) tomb--;
-            ikeys[p] = h; ivals[p] = s; used++;
-            binst[s] = -1;
+            while (ix[p].val >= 0) p = (p + 1) & mask;
+            if (ix[p].val == TOMB) tomb--;
+            ix[p].key = h; ix[p].val = s; used++;
+            S[s].row = 0;
         }
         if (k < 0) {
             k = (int32_t)ni++;
-            binst[s] = k;
+            S[s].row = k + 1;
             inst[k].slot = s; inst[k].kept = 0; inst[k].ended = 0;
-            inst[k].had_none = S.stored[s] == S.sent[s];
+            inst[k].had_none = S[s].stored == S[s].sent;
         }
         /* the packet joins flow s: timestamps never go back inside a flow */
         double tc = t;
-        if (tc < S.last_ts[s]) { tc = S.last_ts[s]; clamped_n++; }
-        S.last_ts[s] = tc;
+        if (tc < S[s].last_ts) { tc = S[s].last_ts; clamped_n++; }
+        S[s].last_ts = tc;
         inst[k].prev_raw = t;
-        int dir = fa != S.client_a[s];
+        int dir = fa != S[s].client_a;
         uint64_t w = wire_len[i];
-        if (dir) { S.pk1[s]++; S.by1[s] += (int64_t)w; } else { S.pk0[s]++; S.by0[s] += (int64_t)w; }
-        if (max_packets < 0 || S.stored[s] < max_packets) {
-            if (inst[k].kept == 0 && inst[k].had_none) S.pend_ts[s] = tc;
-            S.stored[s]++;
+        if (dir) { S[s].pk1++; S[s].by1 += (int64_t)w; } else { S[s].pk0++; S[s].by0 += (int64_t)w; }
+        if (max_packets < 0 || S[s].stored < max_packets) {
+            if (inst[k].kept == 0 && inst[k].had_none) S[s].pend_ts = tc;
+            S[s].stored++;
             inst[k].kept++;
             pinst[i] = k;
         } else {
@@ -170,12 +185,12 @@ int64_t ft_ingest(int64_t n, void **b, void **sc, uint64_t *ikeys, int64_t *ival
         pts[i] = tc;
         pdir[i] = (uint8_t)dir;
         if (tcp_close && tcp) {
-            if (fl & F_FIN) { if (fa) S.fin_a[s] = 1; else S.fin_b[s] = 1; }
-            if (S.fin_a[s] && S.fin_b[s] && !isfinite(S.close_ts[s])) S.close_ts[s] = t;
+            if (fl & F_FIN) { if (fa) S[s].fin_a = 1; else S[s].fin_b = 1; }
+            if (S[s].fin_a && S[s].fin_b && !isfinite(S[s].close_ts)) S[s].close_ts = t;
             if (fl & F_RST) {
-                uint64_t p = S.hash[s] & mask;
-                while (ivals[p] != s) p = (p + 1) & mask;
-                ivals[p] = TOMB; used--; tomb++;
+                uint64_t p = S[s].hash & mask;
+                while (ix[p].val != s) p = (p + 1) & mask;
+                ix[p].val = TOMB; used--; tomb++;
                 end_slot[n_end] = s; end_code[n_end] = R_RST; n_end++;
                 inst[k].ended = R_RST;
             }
@@ -192,7 +207,7 @@ int64_t ft_ingest(int64_t n, void **b, void **sc, uint64_t *ikeys, int64_t *ival
             nseg++;
         }
         cur += q->kept;
-        binst[q->slot] = -1;
+        S[q->slot].row = 0;
         if (!q->ended) touched[nt++] = q->slot;
     }
     for (int64_t i = 0; i < n; i++) {
@@ -202,7 +217,6 @@ int64_t ft_ingest(int64_t n, void **b, void **sc, uint64_t *ikeys, int64_t *ival
         st_ts[o] = pts[i]; st_size[o] = ip_len[i]; st_dir[o] = pdir[i]; st_wire[o] = wire_len[i];
         st_flags[o] = tflags[i];
     }
-    free(inst); free(pinst); free(pts); free(pdir);
     io[0] = n_slots; io[1] = n_free; io[2] = next_fid; io[3] = used; io[4] = tomb;
     io[6] = cur; io[7] = nseg; io[10] = created; io[11] = n_end; io[12] = nt; io[13] = clamped_n;
     io[14] = not_stored;

@@ -17,10 +17,6 @@ import numpy as np
 from .. import _native
 
 SOURCE = Path(__file__).with_name("table_kernel.c")
-# slot columns in the order the C struct ``Slots`` expects them
-SLOT_ORDER = ("vlan", "proto", "ahi", "alo", "aport", "bhi", "blo", "bport", "hash", "client_a", "fid",
-              "first_ts", "last_ts", "pk0", "pk1", "by0", "by1", "fin_a", "fin_b", "stored", "sent",
-              "pend_ts", "live", "close_ts")
 BATCH_ORDER = ("ts", "src_hi", "src_lo", "dst_hi", "dst_lo", "sport", "dport", "proto", "ip_len", "wire_len",
                "tcp_flags", "vlan")
 STORE_ORDER = ("ts", "size", "direction", "wire_len", "tcp_flags")
@@ -30,8 +26,19 @@ HASH_MASK = -1          # all 64 bits; tests narrow it to force hash collisions
 
 
 def _setup(lib: ctypes.CDLL) -> None:
-    lib.ft_ingest.argtypes = [ctypes.c_int64] + [ctypes.c_void_p] * 13
+    from .hashindex import HashIndex
+    from .table import _SLOT_COLS, _Rows
+
+    lib.ft_ingest.argtypes = [ctypes.c_int64] + [ctypes.c_void_p] * 12
     lib.ft_ingest.restype = ctypes.c_int64
+    lib.ft_layout.argtypes = [ctypes.c_void_p]
+    lib.ft_layout.restype = None
+    lay = np.zeros(len(_SLOT_COLS) + 2, np.int64)
+    lib.ft_layout(lay.ctypes.data)
+    dt = _Rows(_SLOT_COLS, 1).dtype
+    want = [dt.fields[k][1] for k, _ in _SLOT_COLS] + [dt.itemsize, HashIndex(16).table.dtype.itemsize]
+    if lay.tolist() != want:        # a compiler with another struct layout: never guess, use numpy
+        raise _native.NativeUnavailable(f"its record layout {lay.tolist()} is not numpy's {want}")
 
 
 KERNEL = _native.Lazy("flow_table", SOURCE, what="the flow table's C kernel", fallback="the numpy flow table",
@@ -62,8 +69,6 @@ def ingest(table, batch) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     index.reserve(n)
     store.reserve(store.n + n)
     segs.reserve(segs.n + n)
-    if len(table._binst) < slots.cap:
-        table._binst = np.full(slots.cap, -1, np.int32)
     free = np.ascontiguousarray(table._free, dtype=np.int64)
     cols = [np.ascontiguousarray(getattr(batch, k)) for k in BATCH_ORDER]
     io = np.array([slots.n, len(free), table._next_fid, index.used, index.tomb, index.cap, store.n, segs.n,
@@ -74,13 +79,14 @@ def ingest(table, batch) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     end_slot = np.empty(n, np.int64)
     end_code = np.empty(n, np.int8)
     touched = np.empty(n, np.int64)
-    rc = lib.ft_ingest(n, _ptrs(cols), _ptrs([slots.cols[k] for k in SLOT_ORDER]), index.keys.ctypes.data,
-                       index.vals.ctypes.data, free.ctypes.data, table._binst.ctypes.data,
+    if len(table._scratch) < 64 * n:        # kept: fresh pages each batch cost more than the work
+        table._scratch = np.empty(64 * n, np.uint8)
+    rc = lib.ft_ingest(n, _ptrs(cols), slots.rows.ctypes.data, index.table.ctypes.data, free.ctypes.data,
                        _ptrs([store.cols[k] for k in STORE_ORDER]), _ptrs([segs.cols[k] for k in SEG_ORDER]),
                        io.ctypes.data, dp.ctypes.data, end_slot.ctypes.data, end_code.ctypes.data,
-                       touched.ctypes.data)
+                       touched.ctypes.data, table._scratch.ctypes.data)
     if rc != 0:
-        raise MemoryError("the flow table's C kernel could not allocate its scratch memory")
+        raise RuntimeError("the flow table's C kernel needs more scratch than it was given (a build bug)")
     slots.n, table._free, table._next_fid = int(io[0]), free[: int(io[1])], int(io[2])
     index.used, index.tomb = int(io[3]), int(io[4])
     if index.tomb * 4 > index.cap:
