@@ -13,14 +13,12 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
-import platform
-import shutil
 import stat
-import subprocess
-import tempfile
 import threading
 import warnings
 from pathlib import Path
+
+# (subprocess, shutil and tempfile are imported only to build: loading a built kernel stays cheap)
 
 
 class NativeUnavailable(RuntimeError):
@@ -35,7 +33,7 @@ def cache_dir() -> Path:
 
 def cpu_tag() -> str:
     """A short digest of the CPU model and flags (``-march=native`` builds are per CPU)."""
-    model = platform.processor() or ""
+    model = os.uname().machine
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -77,6 +75,8 @@ def _private_cache() -> Path:
     try:
         d.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError:
+        import tempfile
+
         d = Path(tempfile.gettempdir()) / f"trafficsnn-kernels-{os.geteuid()}"
         d.mkdir(exist_ok=True, mode=0o700)
     _check_private_dir(d)
@@ -85,20 +85,25 @@ def _private_cache() -> Path:
 
 def compiler() -> str | None:
     """The C compiler to use: ``$CC``, else cc, gcc or clang on the PATH."""
+    import shutil
+
     return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
 
 
 def build(name: str, source: str, *, flags: tuple[str, ...] = ("-O3",), libs: tuple[str, ...] = ()) -> ctypes.CDLL:
     """Compile ``source`` (once per source, CPU and flags) and load it; raises ``NativeUnavailable``."""
-    cc = compiler()
-    if not cc:
-        raise NativeUnavailable("no C compiler found (install cc/gcc, or set CC)")
-    key = hashlib.sha256("\0".join((source, cpu_tag(), platform.machine(), *flags, *libs)).encode()).hexdigest()[:16]
+    key = hashlib.sha256("\0".join((source, cpu_tag(), *flags, *libs)).encode()).hexdigest()[:16]
     d = _private_cache()
     target = d / f"{name}_{key}.so"
     if not target.exists():
+        import subprocess
+        import tempfile
+
+        cc = compiler()
+        if not cc:
+            raise NativeUnavailable("no C compiler found (install cc/gcc, or set CC)")
         base = ["-fPIC", "-shared", *flags]
-        native = ["-march=native"] if platform.machine() in ("x86_64", "AMD64") else []
+        native = ["-march=native"] if os.uname().machine in ("x86_64", "AMD64") else []
         with tempfile.TemporaryDirectory(dir=d) as tmp:
             src = Path(tmp) / f"{name}.c"
             src.write_text(source)

@@ -110,11 +110,11 @@ def canonical_key(batch: PacketBatch):
 
 
 class _Grow:
-    """Named numpy columns with amortised O(1) append (capacity doubling)."""
+    """Named numpy columns with amortised O(1) append (capacity doubling); rows past ``n`` are garbage."""
 
     def __init__(self, cols: Sequence[tuple[str, type]], cap: int = 1024):
         self.dtypes = dict(cols)
-        self.cols = {k: np.zeros(cap, dtype=d) for k, d in cols}
+        self.cols = {k: np.empty(cap, dtype=d) for k, d in cols}
         self.n = 0
 
     @property
@@ -126,7 +126,7 @@ class _Grow:
             return
         new = max(need, 2 * self.cap)
         for k, a in self.cols.items():
-            b = np.zeros(new, dtype=a.dtype)
+            b = np.empty(new, dtype=a.dtype)
             b[: self.n] = a[: self.n]
             self.cols[k] = b
 
