@@ -148,6 +148,12 @@ def command(captures, out, fmt, zeek_names, no_packets, idle_timeout, active_tim
       trafficsnn extract *.pcapng --whole-file -o flows.jsonl
       trafficsnn extract trace.pcap --zeek-names -o flows.parquet
     """
+    if "numpy" not in sys.modules:
+        # a fresh CLI process: extraction never calls BLAS, so keep OpenBLAS from starting
+        # (and spinning) a thread per core when numpy is first imported, here by the
+        # next line's import; it was the CLI's largest start-up cost (~50 ms of CPU)
+        for v in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(v, "1")
     from ..flows.store import format_of
 
     try:
@@ -180,11 +186,6 @@ def command(captures, out, fmt, zeek_names, no_packets, idle_timeout, active_tim
         idle_timeout = active_timeout = 0
         tcp_close = False
     progress = not quiet and sys.stderr.isatty()
-    if "numpy" not in sys.modules:
-        # a fresh CLI process: extraction never calls BLAS, so keep OpenBLAS from starting
-        # (and spinning) a thread per core when numpy is first imported (~50 ms of CPU)
-        for v in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ.setdefault(v, "1")
     s = extract_files(list(captures), out, fmt=fmt, idle_timeout=_timeout(idle_timeout),
                       active_timeout=_timeout(active_timeout), max_flows=max_flows or None,
                       tcp_close=tcp_close, max_packets=max_packets or None, strict=strict,
