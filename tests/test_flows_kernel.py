@@ -190,3 +190,34 @@ def test_cache_others_can_write_is_refused(monkeypatch, tmp_path):
     so.chmod(0o666)                           # a library others could have rewritten: never loaded
     with pytest.raises(_native.NativeUnavailable, match="refusing to load"):
         _native.build("probe", "int f(void) { return 7; }")
+
+
+@needs_c
+@pytest.mark.parametrize("policy", ["columnar", "every_k"])
+def test_kernel_matches_numpy_at_scale_with_compaction(policy):
+    """400k packets over 3k keys in 20k-packet batches: store compaction, timeouts and the LRU cap
+    all run many times; both paths emit the same flows in the same batches."""
+    from test_flows_helpers import random_batch
+
+    rng = np.random.default_rng(5)
+    batches, t0 = [], 0.0
+    for _ in range(20 if policy == "columnar" else 8):
+        b = random_batch(rng, 20_000, n_keys=3_000, t0=t0, rate=2_000.0, tcp_close=True)
+        batches.append(b)
+        t0 = float(b.ts[-1])
+    opts = dict(idle_timeout=2.0, active_timeout=6.0, max_flows=2_000)
+    mk = (lambda: Columnar()) if policy == "columnar" else (lambda: EveryK(8, 0.5))
+    tables = {k: FlowTable(policy=mk(), kernel=k, **opts) for k in ("numpy", "c")}
+    res, sizes = {}, []
+    for k, t in tables.items():
+        res[k] = []
+        for b in batches:
+            res[k].append(t.add(b))
+            sizes.append(t._store.n)
+        res[k].append(t.flush())
+    assert any(b < a for a, b in zip(sizes, sizes[1:len(batches)]))     # the store was compacted
+    conv = _blocks if policy == "columnar" else _updates
+    assert conv(res["numpy"]) == conv(res["c"])
+    sa, sb = (dict(t.stats) for t in tables.values())
+    sa.pop("hash_collisions"), sb.pop("hash_collisions")
+    assert sa == sb and sa["evicted"] > 0 and sa["ended"]["fin"] > 0

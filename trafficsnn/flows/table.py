@@ -740,9 +740,7 @@ class FlowTable:
         st = G.cols["start"][idx]
         L = G.cols["end"][idx] - st
         total = int(L.sum())
-        cum = np.cumsum(L) - L
-        flat = np.repeat(st - cum, L) + np.arange(total)
-        cols = {k: np.take(self._store.cols[k], flat) for k in self._store.cols}
+        cols = self._gather(st, L, total)
         counts = np.bincount(rk, weights=L, minlength=len(slots)).astype(np.int64)
         offsets = np.concatenate(([0], np.cumsum(counts)))
         G.cols["alive"][idx] = False
@@ -761,6 +759,14 @@ class FlowTable:
                           alive=np.ones(int(nz.sum()), bool))
         self._slots.cols["pend_ts"][slots[nz]] = cols["ts"][offsets[:-1][nz]]
 
+    def _gather(self, start: np.ndarray, length: np.ndarray, total: int) -> dict[str, np.ndarray]:
+        """Store packets of segments [start, start + length), back to back, per column."""
+        if self.kernel == "c":
+            return table_kernel.gather(self._store.cols, start, length)
+        cum = np.cumsum(length) - length
+        flat = np.repeat(start - cum, length) + np.arange(total)
+        return {k: np.take(self._store.cols[k], flat) for k in self._store.cols}
+
     def _maybe_compact(self) -> None:
         st = self._store
         if st.n < (1 << 16) or self._dead * 2 < st.n:
@@ -774,11 +780,9 @@ class FlowTable:
         stt = G.cols["start"][idx]
         L = G.cols["end"][idx] - stt
         total = int(L.sum())
-        cum = np.cumsum(L) - L
-        flat = np.repeat(stt - cum, L) + np.arange(total)
         cap = max(4096, 2 * total)
         new = _Grow(_STORE_COLS, cap)
-        new.append(**{k: np.take(st.cols[k], flat) for k in st.cols})
+        new.append(**self._gather(stt, L, total))
         self._store = new
         ss = slots[o]
         us, first = np.unique(ss, return_index=True)

@@ -11,6 +11,7 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #define EMPTY (-1)
 #define TOMB (-2)
@@ -221,4 +222,21 @@ int64_t ft_ingest(int64_t n, void **b, Slot *S, Bucket *ix, int64_t *freel, void
     io[6] = cur; io[7] = nseg; io[10] = created; io[11] = n_end; io[12] = nt; io[13] = clamped_n;
     io[14] = not_stored;
     return 0;
+}
+
+/* the packet store's gather: segments [start, start + len) of each of the 5 columns, back to back
+ * into dst (what table.take and the compaction do with a flat index and np.take) */
+void ft_gather(int64_t nseg, const int64_t *start, const int64_t *len, void **src, void **dst)
+{
+    static const int64_t width[5] = { 8, 4, 1, 4, 1 };     /* ts, size, direction, wire_len, tcp_flags */
+    for (int c = 0; c < 5; c++) {
+        const int64_t w = width[c];
+        const char *s = src[c];
+        char *d = dst[c];
+        for (int64_t j = 0; j < nseg; j++) {
+            int64_t m = len[j] * w;
+            memcpy(d, s + start[j] * w, (size_t)m);
+            d += m;
+        }
+    }
 }

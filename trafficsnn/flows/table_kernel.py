@@ -31,6 +31,8 @@ def _setup(lib: ctypes.CDLL) -> None:
 
     lib.ft_ingest.argtypes = [ctypes.c_int64] + [ctypes.c_void_p] * 12
     lib.ft_ingest.restype = ctypes.c_int64
+    lib.ft_gather.argtypes = [ctypes.c_int64] + [ctypes.c_void_p] * 4
+    lib.ft_gather.restype = None
     lib.ft_layout.argtypes = [ctypes.c_void_p]
     lib.ft_layout.restype = None
     lay = np.zeros(len(_SLOT_COLS) + 2, np.int64)
@@ -96,3 +98,17 @@ def ingest(table, batch) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     table.stats["packets_not_stored"] += int(io[14])
     ne, nt = int(io[11]), int(io[12])
     return end_slot[:ne], end_code[:ne], touched[:nt], int(io[10])
+
+
+def gather(store_cols: dict[str, np.ndarray], start: np.ndarray, length: np.ndarray) -> dict[str, np.ndarray]:
+    """The store's packets in segments [start, start + length), back to back, per column (memcpy runs)."""
+    start = np.ascontiguousarray(start, dtype=np.int64)
+    length = np.ascontiguousarray(length, dtype=np.int64)
+    total = int(length.sum())
+    out = {k: np.empty(total, store_cols[k].dtype) for k in STORE_ORDER}
+    src = [store_cols[k] for k in STORE_ORDER]
+    if any(not a.flags.c_contiguous for a in src):
+        raise ValueError("store columns must be contiguous")
+    library().ft_gather(len(start), start.ctypes.data, length.ctypes.data, _ptrs(src),
+                        _ptrs([out[k] for k in STORE_ORDER]))
+    return out
