@@ -61,6 +61,23 @@ static inline uint64_t mix64(uint64_t h, uint64_t x) {
     return h;
 }
 
+/* table.py's _hash5 of the canonical key (the lower (hi, lo, port) endpoint first) */
+static inline uint64_t key_hash(uint64_t shi, uint64_t slo, uint64_t dhi, uint64_t dlo, uint16_t sp, uint16_t dp,
+                                uint8_t pr, uint16_t vl) {
+    uint64_t ah, al, bh, bl; uint16_t ap, bp;
+    if (shi < dhi || (shi == dhi && (slo < dlo || (slo == dlo && sp <= dp)))) {
+        ah = shi; al = slo; ap = sp; bh = dhi; bl = dlo; bp = dp;
+    } else {
+        ah = dhi; al = dlo; ap = dp; bh = shi; bl = slo; bp = sp;
+    }
+    uint64_t small = (uint64_t)bp | ((uint64_t)ap << 16) | ((uint64_t)pr << 32) | ((uint64_t)vl << 48);
+    uint64_t h = ah * 0x9E3779B97F4A7C15ULL;
+    h ^= al * 0xC2B2AE3D27D4EB4FULL;
+    h ^= bh * 0x165667B19E3779F9ULL;
+    h ^= bl * 0xD6E8FEB86659FD93ULL;
+    return mix64(h, small);
+}
+
 /* io: 0 n_slots, 1 n_free, 2 next_fid, 3 index used, 4 index tomb, 5 index cap, 6 store n, 7 segs n,
  *     8 tcp_close, 9 max_packets (-1 = all), 10 created, 11 ended, 12 touched, 13 ts clamped,
  *     14 packets not stored, 15 hash mask, 16 idle on, 17 active on
@@ -91,12 +108,22 @@ int64_t ft_ingest(int64_t n, void **b, Slot *S, Bucket *ix, int64_t *freel, void
     /* scratch (SCRATCH_PER_PACKET bytes a packet, kept by the caller so its pages stay mapped) */
     Inst *inst = (Inst *)scratch;
     double *pts = (double *)(scratch + sizeof(Inst) * (size_t)n);
-    int32_t *pinst = (int32_t *)(pts + n);
+    uint64_t *hh = (uint64_t *)(pts + n);
+    int32_t *pinst = (int32_t *)(hh + n);
     uint8_t *pdir = (uint8_t *)(pinst + n);
     int64_t ni = 0;
-    if (sizeof(Inst) + sizeof(double) + sizeof(int32_t) + 1 > SCRATCH_PER_PACKET) return -1;
+    if (sizeof(Inst) + sizeof(double) + sizeof(uint64_t) + sizeof(int32_t) + 1 > SCRATCH_PER_PACKET) return -1;
 
+    /* hashes first, so the main loop can prefetch the index buckets and flow records it will need
+     * (the table is far bigger than the caches: a miss per packet would dominate otherwise) */
+    for (int64_t i = 0; i < n; i++) hh[i] = key_hash(shi[i], slo[i], dhi[i], dlo[i], sport[i], dport[i],
+                                                     proto[i], vlan[i]) & hmask;
     for (int64_t i = 0; i < n; i++) {
+        if (i + 16 < n) __builtin_prefetch(&ix[hh[i + 16] & mask]);
+        if (i + 6 < n) {
+            int64_t v = ix[hh[i + 6] & mask].val;
+            if (v >= 0) { __builtin_prefetch(&S[v]); __builtin_prefetch((const char *)&S[v] + 64); }
+        }
         /* canonical key: the lower (hi, lo, port) endpoint is a */
         uint64_t ah, al, bh, bl; uint16_t ap, bp; int fa;
         if (shi[i] < dhi[i] || (shi[i] == dhi[i] && (slo[i] < dlo[i] || (slo[i] == dlo[i] && sport[i] <= dport[i])))) {
@@ -105,12 +132,7 @@ int64_t ft_ingest(int64_t n, void **b, Slot *S, Bucket *ix, int64_t *freel, void
             ah = dhi[i]; al = dlo[i]; ap = dport[i]; bh = shi[i]; bl = slo[i]; bp = sport[i]; fa = 0;
         }
         const uint16_t vl = vlan[i]; const uint8_t pr = proto[i];
-        uint64_t small = (uint64_t)bp | ((uint64_t)ap << 16) | ((uint64_t)pr << 32) | ((uint64_t)vl << 48);
-        uint64_t h = ah * 0x9E3779B97F4A7C15ULL;
-        h ^= al * 0xC2B2AE3D27D4EB4FULL;
-        h ^= bh * 0x165667B19E3779F9ULL;
-        h ^= bl * 0xD6E8FEB86659FD93ULL;
-        h = mix64(h, small) & hmask;
+        const uint64_t h = hh[i];
 
         /* look the key up among live flows */
         int64_t s = -1, bucket = -1;
