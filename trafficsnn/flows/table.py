@@ -25,6 +25,10 @@ per flow only the making of the emitted objects (``Flow``/``FlowUpdate``; the
    segments in it. Emitting flows gathers their segments in one fancy-index;
    the store is compacted when half of it is dead.
 
+Where a C compiler is found, steps 1-4 run instead as one pass over the packets in capture
+order (``table_kernel.c``: the same flows, proven identical by tests; this numpy code is the
+reference and the fallback), and so do the store's gathers.
+
 Flows that end are handed to the emission policy (``WholeFlows``, ``EveryK``,
 ``Columnar``). Live-flow expiry by the clock runs after each batch and in
 ``advance(now)``; expiry changes when a flow is emitted, never its packets.
