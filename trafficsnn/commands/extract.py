@@ -12,6 +12,22 @@ from ..errors import ConfigError, TrafficSNNError
 from ._options import flow_table_options
 
 
+def _keep_freed_memory() -> None:
+    """Ask glibc to keep freed memory for reuse (a fresh CLI process otherwise pays a page fault,
+    and the kernel's zeroing, for every batch's arrays again: ~20 % of its CPU on a 2 M-packet
+    capture). Arrays up to 32 MiB come from the heap, and up to 256 MiB freed at its top stay
+    mapped; peak memory is unchanged. A no-op where the C library is not glibc."""
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mallopt(m_mmap_threshold, 32 << 20)
+    mallopt(m_trim_threshold, 256 << 20)
+
+
 def _timeout(value: float | None) -> float | None:
     return None if value is None or value <= 0 else value
 
@@ -154,6 +170,7 @@ def command(captures, out, fmt, zeek_names, no_packets, idle_timeout, active_tim
         # next line's import; it was the CLI's largest start-up cost (~50 ms of CPU)
         for v in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ.setdefault(v, "1")
+        _keep_freed_memory()
     from ..flows.store import format_of
 
     try:
