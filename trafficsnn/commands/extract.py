@@ -171,7 +171,16 @@ def command(captures, out, fmt, zeek_names, no_packets, idle_timeout, active_tim
         for v in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ.setdefault(v, "1")
         _keep_freed_memory()
-    from ..flows.store import format_of
+    import gc
+
+    gc.disable()            # the imports below make many objects and no garbage: no collections there
+    try:
+        from ..flows.store import format_of
+        from ..flows import FlowTable  # noqa: F401 - what extract_files imports: numpy, flows, packets
+        from ..packets import read_packets  # noqa: F401
+    finally:
+        gc.enable()
+    gc.freeze()             # and later collections never scan the modules' objects again
 
     try:
         fmt = format_of(out, fmt)
