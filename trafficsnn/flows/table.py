@@ -702,6 +702,9 @@ class FlowTable:
         live = S["live"][:n]
         if not self._n_live:
             return []
+        if self.kernel == "c":
+            slots, codes = table_kernel.expire(self, now)
+            return self._end(slots, codes) if len(slots) else []
         code = np.zeros(n, np.int8)
         if self.active_timeout is not None:
             code[live & (now - S["first_ts"][:n] > self.active_timeout)] = R_ACTIVE

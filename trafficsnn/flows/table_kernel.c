@@ -262,3 +262,21 @@ void ft_gather(int64_t nseg, const int64_t *start, const int64_t *len, void **sr
         }
     }
 }
+
+/* table._expire: live flows that the clock ends at `now` (a closing flow past its grace wins over idle,
+ * idle over active), in slot order; returns how many were written to out_slot/out_code */
+int64_t ft_expire(const Slot *S, int64_t n, double now, int idle_on, double idle, int active_on, double active,
+                  int tcp_close, double grace, int64_t *out_slot, int8_t *out_code)
+{
+    int64_t k = 0;
+    for (int64_t s = 0; s < n; s++) {
+        const Slot *f = &S[s];
+        if (!f->live) continue;
+        int code = 0;
+        if (tcp_close && now - f->close_ts > grace) code = R_FIN;
+        else if (idle_on && now - f->last_ts > idle) code = R_IDLE;
+        else if (active_on && now - f->first_ts > active) code = R_ACTIVE;
+        if (code) { out_slot[k] = s; out_code[k] = (int8_t)code; k++; }
+    }
+    return k;
+}

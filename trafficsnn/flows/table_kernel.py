@@ -33,6 +33,9 @@ def _setup(lib: ctypes.CDLL) -> None:
     lib.ft_ingest.restype = ctypes.c_int64
     lib.ft_gather.argtypes = [ctypes.c_int64] + [ctypes.c_void_p] * 4
     lib.ft_gather.restype = None
+    d, i, p = ctypes.c_double, ctypes.c_int, ctypes.c_void_p
+    lib.ft_expire.argtypes = [p, ctypes.c_int64, d, i, d, i, d, i, d, p, p]
+    lib.ft_expire.restype = ctypes.c_int64
     lib.ft_layout.argtypes = [ctypes.c_void_p]
     lib.ft_layout.restype = None
     lay = np.zeros(len(_SLOT_COLS) + 2, np.int64)
@@ -112,3 +115,15 @@ def gather(store_cols: dict[str, np.ndarray], start: np.ndarray, length: np.ndar
     library().ft_gather(len(start), start.ctypes.data, length.ctypes.data, _ptrs(src),
                         _ptrs([out[k] for k in STORE_ORDER]))
     return out
+
+
+def expire(table, now: float) -> tuple[np.ndarray, np.ndarray]:
+    """``table._expire``'s choice in one pass over the flow records: (slots, end codes), slot order."""
+    n = table._slots.n
+    slots = np.empty(n, np.int64)
+    codes = np.empty(n, np.int8)
+    k = library().ft_expire(table._slots.rows.ctypes.data, n, now, int(table.idle_timeout is not None),
+                            table.idle_timeout or 0.0, int(table.active_timeout is not None),
+                            table.active_timeout or 0.0, int(table.tcp_close), table.fin_grace,
+                            slots.ctypes.data, codes.ctypes.data)
+    return slots[:k], codes[:k]
