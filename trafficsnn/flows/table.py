@@ -733,6 +733,10 @@ class FlowTable:
         Returns (offsets, columns): packets of ``slots[i]`` are ``columns[c][offsets[i]:offsets[i+1]]``.
         Used by the policies; ``hold=True`` keeps nothing in the store either (callers re-store).
         """
+        if self.kernel == "c":
+            offsets, cols, total = table_kernel.take(self, np.asarray(slots, np.int64))
+            self._dead += total
+            return offsets, cols
         G = self._segs
         ns = G.n
         want = np.full(self._slots.n, -1, np.int64)

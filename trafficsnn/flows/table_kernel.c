@@ -280,3 +280,36 @@ int64_t ft_expire(const Slot *S, int64_t n, double now, int idle_on, double idle
     }
     return k;
 }
+
+/* table.take, phase 1: packets per wanted flow (want[slot] = its rank, -1 = not wanted) in live segments */
+int64_t ft_take_count(int64_t nseg, const int64_t *sg_slot, const int64_t *sg_start, const int64_t *sg_end,
+                      const uint8_t *sg_alive, const int64_t *want, int64_t *counts)
+{
+    int64_t total = 0;
+    for (int64_t j = 0; j < nseg; j++) {
+        if (!sg_alive[j]) continue;
+        int64_t r = want[sg_slot[j]];
+        if (r < 0) continue;
+        counts[r] += sg_end[j] - sg_start[j];
+        total += sg_end[j] - sg_start[j];
+    }
+    return total;
+}
+
+/* phase 2: copy them out grouped by rank (segment order kept inside a flow) from cursor[rank] on, and
+ * release the segments */
+void ft_take_copy(int64_t nseg, const int64_t *sg_slot, const int64_t *sg_start, const int64_t *sg_end,
+                  uint8_t *sg_alive, const int64_t *want, int64_t *cursor, void **src, void **dst)
+{
+    static const int64_t width[5] = { 8, 4, 1, 4, 1 };
+    for (int64_t j = 0; j < nseg; j++) {
+        if (!sg_alive[j]) continue;
+        int64_t r = want[sg_slot[j]];
+        if (r < 0) continue;
+        int64_t a = sg_start[j], m = sg_end[j] - a, o = cursor[r];
+        for (int c = 0; c < 5; c++)
+            memcpy((char *)dst[c] + o * width[c], (const char *)src[c] + a * width[c], (size_t)(m * width[c]));
+        cursor[r] = o + m;
+        sg_alive[j] = 0;
+    }
+}

@@ -36,6 +36,10 @@ def _setup(lib: ctypes.CDLL) -> None:
     d, i, p = ctypes.c_double, ctypes.c_int, ctypes.c_void_p
     lib.ft_expire.argtypes = [p, ctypes.c_int64, d, i, d, i, d, i, d, p, p]
     lib.ft_expire.restype = ctypes.c_int64
+    lib.ft_take_count.argtypes = [ctypes.c_int64] + [p] * 6
+    lib.ft_take_count.restype = ctypes.c_int64
+    lib.ft_take_copy.argtypes = [ctypes.c_int64] + [p] * 8
+    lib.ft_take_copy.restype = None
     lib.ft_layout.argtypes = [ctypes.c_void_p]
     lib.ft_layout.restype = None
     lay = np.zeros(len(_SLOT_COLS) + 2, np.int64)
@@ -127,3 +131,21 @@ def expire(table, now: float) -> tuple[np.ndarray, np.ndarray]:
                             table.active_timeout or 0.0, int(table.tcp_close), table.fin_grace,
                             slots.ctypes.data, codes.ctypes.data)
     return slots[:k], codes[:k]
+
+
+def take(table, slots: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray], int]:
+    """``table.take``'s gather in two passes over the segments: (offsets, columns, packets taken)."""
+    lib = library()
+    G, store = table._segs, table._store
+    want = np.full(table._slots.n, -1, np.int64)
+    want[slots] = np.arange(len(slots))
+    counts = np.zeros(len(slots), np.int64)
+    g = [G.cols[k] for k in SEG_ORDER]
+    total = lib.ft_take_count(G.n, *(a.ctypes.data for a in g), want.ctypes.data, counts.ctypes.data)
+    offsets = np.zeros(len(slots) + 1, np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    cursor = offsets[:-1].copy()
+    out = {k: np.empty(total, store.cols[k].dtype) for k in STORE_ORDER}
+    lib.ft_take_copy(G.n, *(a.ctypes.data for a in g), want.ctypes.data, cursor.ctypes.data,
+                     _ptrs([store.cols[k] for k in STORE_ORDER]), _ptrs([out[k] for k in STORE_ORDER]))
+    return offsets, out, int(total)
