@@ -124,6 +124,10 @@ int64_t ft_ingest(int64_t n, void **b, Slot *S, Bucket *ix, int64_t *freel, void
             int64_t v = ix[hh[i + 6] & mask].val;
             if (v >= 0) { __builtin_prefetch(&S[v]); __builtin_prefetch((const char *)&S[v] + 64); }
         }
+        if (i + 2 < n) {                    /* and the flow's row of this batch, once its record is near */
+            int64_t v = ix[hh[i + 2] & mask].val;
+            if (v >= 0 && S[v].row > 0) __builtin_prefetch(&inst[S[v].row - 1]);
+        }
         /* canonical key: the lower (hi, lo, port) endpoint is a */
         uint64_t ah, al, bh, bl; uint16_t ap, bp; int fa;
         if (shi[i] < dhi[i] || (shi[i] == dhi[i] && (slo[i] < dlo[i] || (slo[i] == dlo[i] && sport[i] <= dport[i])))) {
