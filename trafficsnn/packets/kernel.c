@@ -78,3 +78,12 @@ void eth_decode(int64_t n, const uint8_t *d, const int64_t *off, const uint32_t 
         elig[i] = (uint8_t)ok;
     }
 }
+
+/* readers._gather_u32 for record headers: the nwords 32-bit words at each offset, native order */
+void pcap_headers(const uint8_t *buf, const int64_t *offs, int64_t n, int64_t nwords, int big, uint32_t *out)
+{
+    for (int64_t i = 0; i < n; i++) {
+        const uint8_t *p = buf + offs[i];
+        for (int64_t w = 0; w < nwords; w++) out[i * nwords + w] = rd32(p + 4 * w, big);
+    }
+}

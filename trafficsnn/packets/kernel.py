@@ -22,6 +22,8 @@ def _setup(lib: ctypes.CDLL) -> None:
     lib.pcap_walk.restype = i64
     lib.eth_decode.argtypes = [i64] + [p] * 17
     lib.eth_decode.restype = None
+    lib.pcap_headers.argtypes = [p, p, i64, i64, ctypes.c_int, p]
+    lib.pcap_headers.restype = None
 
 
 KERNEL = _native.Lazy("packets", Path(__file__).with_name("kernel.c"), what="the packet reader's C kernel",
@@ -42,6 +44,15 @@ def pcap_walk(buf: np.ndarray, rhl: int, order: str, safe: int) -> tuple[np.ndar
     k = KERNEL.get().pcap_walk(buf.ctypes.data, rhl, int(order == ">"), safe, out.ctypes.data, len(out),
                                ctypes.byref(stop))
     return out[:k], stop.value
+
+
+def pcap_headers(d: np.ndarray, offs: np.ndarray, nwords: int, order: str) -> np.ndarray:
+    """``readers._gather_u32`` in C: ``nwords`` 32-bit words at each offset -> (n, nwords) native uint32."""
+    offs = np.ascontiguousarray(offs, dtype=np.int64)
+    out = np.empty((len(offs), nwords), np.uint32)
+    KERNEL.get().pcap_headers(d.ctypes.data, offs.ctypes.data, len(offs), nwords, int(order == ">"),
+                              out.ctypes.data)
+    return out
 
 
 def eth_decode(d: np.ndarray, off: np.ndarray, caplen: np.ndarray, wire: np.ndarray, pcode: np.ndarray,
