@@ -7,6 +7,7 @@
  *             caplen are read.
  */
 #include <stdint.h>
+#include <string.h>
 
 static inline uint32_t rd32(const uint8_t *p, int big) {
     return big ? ((uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3])
@@ -14,8 +15,11 @@ static inline uint32_t rd32(const uint8_t *p, int big) {
 }
 static inline uint16_t be16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
 static inline uint64_t be64(const uint8_t *p) {
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++) v = v << 8 | p[i];
+    uint64_t v;
+    memcpy(&v, p, 8);                   /* one unaligned load and a byte swap */
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    v = __builtin_bswap64(v);
+#endif
     return v;
 }
 
