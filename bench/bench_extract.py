@@ -376,6 +376,11 @@ def main() -> None:
               f"flow table {n / st['table']:,.0f} pkt/s ({st['read']:.2f} + {st['decode']:.2f} + "
               f"{st['table']:.2f} s; writing the .npz is the rest)")
         print(f"peak RSS of `trafficsnn extract` on this capture: {rss:,.0f} MiB")
+        from trafficsnn.flows import FlowTable
+        from trafficsnn.packets import kernel
+
+        print(f"kernels: flow table {FlowTable().kernel}, reader/decoder {'c' if kernel.enabled() else 'numpy'} "
+              f"(TRAFFICSNN_FLOWS_KERNEL={os.environ.get('TRAFFICSNN_FLOWS_KERNEL', '') or 'auto'})")
         if a.memory:
             r = subprocess.run([sys.executable, __file__, "--_memory-child", str(a.live_flows)],
                                capture_output=True, text=True, check=True)

@@ -149,3 +149,25 @@ def test_unwritable_output_is_one_clear_error(tmp_path, capsys):
     (d / "x.npz.tmp").mkdir()
     code, _, err = _run(capsys, "extract", str(p), "-o", str(d / "x.npz"))
     assert code != 0 and ("cannot write the output" in err or "is a folder" in err) and "Traceback" not in err
+
+
+def test_cli_extract_stays_light(tmp_path):
+    """A fresh `trafficsnn extract` imports none of the classifier's or the tables' stacks and keeps
+    OpenBLAS to one thread (its idle threads spin: the largest start-up cost once measured)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    write_pcap(tmp_path / "a.pcap", _two_flows())
+    code = ("import sys, os\nfrom trafficsnn.cli import main\n"
+            "main(['extract', sys.argv[1], '-o', sys.argv[2], '-q'])\n"
+            "heavy = sorted(m for m in ('torch', 'matplotlib', 'sklearn', 'pandas', 'pyarrow', 'scapy', 'zmq')"
+            " if m in sys.modules)\n"
+            "print(heavy, os.environ.get('OPENBLAS_NUM_THREADS'))\n")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent) + os.pathsep + env.get("PYTHONPATH", "")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "a.pcap"), str(tmp_path / "f.npz")],
+                       capture_output=True, text=True, env=env, check=True)
+    assert r.stdout.split("\n")[-2] == "[] 1", r.stdout + r.stderr
+    assert len(read_flows(tmp_path / "f.npz")) == 2

@@ -11,6 +11,8 @@ from trafficsnn.packets import PACKET_COLUMNS, Decoder, FrameBatch, open_capture
 from trafficsnn.packets import fastpath
 from trafficsnn.packets.fastpath import decode_common
 
+pytestmark = pytest.mark.usefixtures("both_kernels")     # numpy and C paths alike
+
 
 def frame(rng: np.random.Generator) -> bytes:
     """An Ethernet frame that is mostly the common layout, with one field often made odd."""

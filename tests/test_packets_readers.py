@@ -19,6 +19,8 @@ RAW6 = bytes(IPv6(src="::1", dst="::2") / UDP(sport=1, dport=2))
 _T = bytes(Ether() / IP() / UDP(sport=1, dport=9))
 MANY = [_T + b"z" * (i % 40) for i in range(3000)]   # frames of varying length (bytes only matter here)
 
+pytestmark = pytest.mark.usefixtures("both_kernels")     # numpy and C paths alike
+
 
 def pcap_bytes(pkts, *, order="<", nano=False, linktype=1, snaplen=65535, ts0=1_600_000_000, version=(2, 4),
                modified=False, caplens=None) -> bytes:

@@ -13,6 +13,8 @@ from trafficsnn.packets import walk as W
 MAGICS = {b"\xd4\xc3\xb2\xa1": ("<", 16), b"\xa1\xb2\xc3\xd4": (">", 16), b"\x4d\x3c\xb2\xa1": ("<", 16),
           b"\xa1\xb2\x3c\x4d": (">", 16), b"\x34\xcd\xb2\xa1": ("<", 24), b"\xa1\xb2\xcd\x34": (">", 24)}
 
+pytestmark = pytest.mark.usefixtures("both_kernels")     # numpy and C paths alike
+
 
 def records(caplens, *, order="<", rhl=16, ts=None, data=None, rng=None) -> bytes:
     """A pcap body (no file header): one record per caplen, random data unless given."""

@@ -21,22 +21,26 @@ class HashIndex:
         self.tomb = 0
 
     def _alloc(self, cap: int) -> None:
+        # (hash, slot) pairs side by side: a probe costs one cache miss, not two
         self.cap = cap
-        self.keys = np.zeros(cap, np.uint64)
-        self.vals = np.full(cap, EMPTY, np.int64)
+        self.table = np.zeros(cap, np.dtype([("key", np.uint64), ("val", np.int64)]))
+        self.keys = self.table["key"]
+        self.vals = self.table["val"]
+        self.vals[:] = EMPTY
 
     def __len__(self) -> int:
         return self.used
 
     @property
     def nbytes(self) -> int:
-        return self.keys.nbytes + self.vals.nbytes
+        return self.table.nbytes
 
     def _probe_start(self, h: np.ndarray) -> np.ndarray:
         return (h & np.uint64(self.cap - 1)).astype(np.int64)
 
-    def lookup(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(slot or -1, bucket or -1) for each hash in ``h``."""
+    def lookup(self, h: np.ndarray, want: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(slot or -1, bucket or -1) for each hash in ``h``; with ``want``, the entry of ``h[i]`` that
+        maps to ``want[i]`` (where equal hashes of different keys share the index, as the C kernel does)."""
         m = len(h)
         res = np.full(m, -1, np.int64)
         where = np.full(m, -1, np.int64)
@@ -45,16 +49,26 @@ class HashIndex:
         idx = np.arange(m)
         p = self._probe_start(h)
         hh = h
+        ww = want
         mask = self.cap - 1
         while len(idx):
             v = self.vals[p]
             hit = (v >= 0) & (self.keys[p] == hh)
+            if ww is not None:
+                hit &= v == ww
             if hit.any():
                 res[idx[hit]] = v[hit]
                 where[idx[hit]] = p[hit]
             go = ~hit & (v != EMPTY)
             idx, p, hh = idx[go], (p[go] + 1) & mask, hh[go]
+            if ww is not None:
+                ww = ww[go]
         return res, where
+
+    def reserve(self, m: int) -> None:
+        """Room for ``m`` more inserts at load <= 1/2 (the C kernel inserts without resizing)."""
+        if (self.used + self.tomb + m) * 2 > self.cap:
+            self._rehash(self.used + m)
 
     def insert(self, h: np.ndarray, slots: np.ndarray) -> None:
         """Add absent, distinct hashes ``h`` mapping to ``slots``."""

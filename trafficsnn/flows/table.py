@@ -25,6 +25,10 @@ per flow only the making of the emitted objects (``Flow``/``FlowUpdate``; the
    segments in it. Emitting flows gathers their segments in one fancy-index;
    the store is compacted when half of it is dead.
 
+Where a C compiler is found, steps 1-4 run instead as one pass over the packets in capture
+order (``table_kernel.c``: the same flows, proven identical by tests; this numpy code is the
+reference and the fallback), and so do the store's gathers.
+
 Flows that end are handed to the emission policy (``WholeFlows``, ``EveryK``,
 ``Columnar``). Live-flow expiry by the clock runs after each batch and in
 ``advance(now)``; expiry changes when a flow is emitted, never its packets.
@@ -36,6 +40,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..packets.batch import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, PacketBatch
+from . import table_kernel
 from .hashindex import HashIndex
 from .records import END_REASONS, Flow, FlowKey, FlowUpdate
 
@@ -109,11 +114,11 @@ def canonical_key(batch: PacketBatch):
 
 
 class _Grow:
-    """Named numpy columns with amortised O(1) append (capacity doubling)."""
+    """Named numpy columns with amortised O(1) append (capacity doubling); rows past ``n`` are garbage."""
 
     def __init__(self, cols: Sequence[tuple[str, type]], cap: int = 1024):
         self.dtypes = dict(cols)
-        self.cols = {k: np.zeros(cap, dtype=d) for k, d in cols}
+        self.cols = {k: np.empty(cap, dtype=d) for k, d in cols}
         self.n = 0
 
     @property
@@ -125,7 +130,7 @@ class _Grow:
             return
         new = max(need, 2 * self.cap)
         for k, a in self.cols.items():
-            b = np.zeros(new, dtype=a.dtype)
+            b = np.empty(new, dtype=a.dtype)
             b[: self.n] = a[: self.n]
             self.cols[k] = b
 
@@ -142,14 +147,51 @@ class _Grow:
         return sum(a.nbytes for a in self.cols.values())
 
 
+class _Rows(_Grow):
+    """``_Grow`` over one array of records: ``cols[name]`` are (strided) views of its fields.
+
+    The flow table's per-flow state lives here so that one flow's fields share two cache
+    lines: the C kernel touches a flow per packet, and twenty separate columns would cost
+    twenty cache misses. The layout is C's (``align=True``); ``table_kernel.c`` checks it.
+    """
+
+    def __init__(self, cols: Sequence[tuple[str, type]], cap: int = 1024):
+        self.dtype = np.dtype(list(cols), align=True)
+        self.dtypes = dict(cols)
+        self.n = 0
+        self._set(np.zeros(cap, self.dtype))
+
+    def _set(self, rows: np.ndarray) -> None:
+        self.rows = rows
+        self.cols = {k: rows[k] for k in self.dtype.names}
+
+    @property
+    def cap(self) -> int:
+        return self.rows.shape[0]
+
+    def reserve(self, need: int) -> None:
+        if need <= self.cap:
+            return
+        new = np.zeros(max(need, 2 * self.cap), self.dtype)
+        new[: self.n] = self.rows[: self.n]
+        self.cols.clear()                   # callers hold this dict: it is updated in place
+        self.rows = new
+        self.cols.update({k: new[k] for k in self.dtype.names})
+
+    def nbytes(self) -> int:
+        return self.rows.nbytes
+
+
+# per-flow state, hot fields first (the key and what every packet reads share the first line)
 _SLOT_COLS = (
-    ("vlan", np.uint16), ("proto", np.uint8), ("ahi", np.uint64), ("alo", np.uint64),
-    ("aport", np.uint16), ("bhi", np.uint64), ("blo", np.uint64), ("bport", np.uint16),
-    ("hash", np.uint64), ("client_a", np.bool_), ("fid", np.int64), ("first_ts", np.float64),
-    ("last_ts", np.float64), ("pk0", np.int64), ("pk1", np.int64), ("by0", np.int64),
-    ("by1", np.int64), ("fin_a", np.bool_), ("fin_b", np.bool_), ("stored", np.int64),
-    ("sent", np.int64), ("pend_ts", np.float64), ("live", np.bool_),
+    ("ahi", np.uint64), ("alo", np.uint64), ("bhi", np.uint64), ("blo", np.uint64),
+    ("vlan", np.uint16), ("aport", np.uint16), ("bport", np.uint16), ("proto", np.uint8),
+    ("client_a", np.bool_), ("fin_a", np.bool_), ("fin_b", np.bool_), ("live", np.bool_),
+    ("row", np.int32),              # C kernel scratch: 1 + the flow's row in the current batch, 0 = none
+    ("last_ts", np.float64), ("first_ts", np.float64),
     ("close_ts", np.float64),       # ts of the packet completing the FIN pair; inf = not closing
+    ("pk0", np.int64), ("pk1", np.int64), ("by0", np.int64), ("by1", np.int64),
+    ("stored", np.int64), ("sent", np.int64), ("hash", np.uint64), ("fid", np.int64), ("pend_ts", np.float64),
 )
 _KEY_NAMES = ("vlan", "proto", "ahi", "alo", "aport", "bhi", "blo", "bport")
 
@@ -180,7 +222,7 @@ class FlowTable:
 
     def __init__(self, idle_timeout: float | None = 120.0, active_timeout: float | None = 1800.0,
                  max_flows: int | None = 1_000_000, tcp_close: bool = True,
-                 max_packets: int | None = None, policy=None, fin_grace: float = 2.0):
+                 max_packets: int | None = None, policy=None, fin_grace: float = 2.0, kernel: str = "auto"):
         for name, v in (("idle_timeout", idle_timeout), ("active_timeout", active_timeout)):
             if v is not None and not v > 0:
                 raise ValueError(f"{name} must be > 0 seconds or None, got {v!r}")
@@ -190,7 +232,7 @@ class FlowTable:
             raise ValueError(f"max_flows must be >= 1 or None, got {max_flows!r}")
         if max_packets is not None and max_packets < 1:
             raise ValueError(f"max_packets must be >= 1 or None, got {max_packets!r}")
-        from .policies import WholeFlows
+        from .policies import Columnar, WholeFlows
 
         self.idle_timeout = None if idle_timeout is None else float(idle_timeout)
         self.active_timeout = None if active_timeout is None else float(active_timeout)
@@ -199,8 +241,12 @@ class FlowTable:
         self.fin_grace = float(fin_grace)
         self.max_packets = max_packets
         self.policy = policy if policy is not None else WholeFlows()
+        # progress() of these policies ignores which slots were touched: no need to order them
+        self._order_free = type(self.policy) in (WholeFlows, Columnar)
+        self.kernel = table_kernel.choose(kernel)
+        self._scratch = np.empty(0, np.uint8)   # the C kernel's per-batch scratch, reused
         self.clock = -np.inf
-        self._slots = _Grow(_SLOT_COLS, 1024)
+        self._slots = _Rows(_SLOT_COLS, 1024)
         self._free = np.empty(0, np.int64)      # stack of free slots
         self._n_live = 0
         self._index = HashIndex()
@@ -266,7 +312,9 @@ class FlowTable:
             return []
         self.stats["packets"] += n
         out: list = []
-        touched = self._ingest(batch, out)
+        touched = self._ingest_c(batch, out) if self.kernel == "c" else self._ingest(batch, out)
+        if not self._order_free:
+            touched = touched[np.argsort(self._slots.cols["fid"][touched])]   # the same order on both paths
         now = float(batch.ts.max())
         if now > self.clock:
             self.clock = now
@@ -282,6 +330,7 @@ class FlowTable:
         if now > self.clock:
             self.clock = float(now)
         live = np.flatnonzero(self._slots.cols["live"][: self._slots.n])
+        live = live[np.argsort(self._slots.cols["fid"][live])]
         out = list(self.policy.progress(self, live, self.clock))
         out.extend(self._expire(self.clock))
         self._maybe_compact()
@@ -305,6 +354,15 @@ class FlowTable:
                 + self._free.nbytes + over)
 
     # ------------------------------------------------------------- internals
+    def _ingest_c(self, batch: PacketBatch, out: list) -> np.ndarray:
+        """``_ingest`` by the compiled kernel (``table_kernel.c``): the same flows, one pass."""
+        end_slots, end_codes, touched, created = table_kernel.ingest(self, batch)
+        self._n_live += created
+        self.stats["flows_created"] += created
+        if len(end_slots):
+            out.extend(self._end(end_slots, end_codes, indexed=False))
+        return touched
+
     def _ingest(self, batch: PacketBatch, out: list) -> np.ndarray:
         S = self._slots.cols
         n = len(batch)
@@ -608,7 +666,7 @@ class FlowTable:
     def _unindex(self, slots: np.ndarray) -> None:
         if len(slots) == 0:
             return
-        res, where = self._index.lookup(self._slots.cols["hash"][slots])
+        res, where = self._index.lookup(self._slots.cols["hash"][slots], want=slots)
         mine = res == slots
         self._index.remove_at(where[mine])
         if self._overflow and not mine.all():
@@ -644,6 +702,9 @@ class FlowTable:
         live = S["live"][:n]
         if not self._n_live:
             return []
+        if self.kernel == "c":
+            slots, codes = table_kernel.expire(self, now)
+            return self._end(slots, codes) if len(slots) else []
         code = np.zeros(n, np.int8)
         if self.active_timeout is not None:
             code[live & (now - S["first_ts"][:n] > self.active_timeout)] = R_ACTIVE
@@ -660,8 +721,8 @@ class FlowTable:
         S = self._slots.cols
         live = np.flatnonzero(S["live"][: self._slots.n])
         m = self._n_live - self.max_flows
-        lt = S["last_ts"][live]
-        victims = live[np.argpartition(lt, m - 1)[:m]] if m < len(live) else live
+        # least recently seen first; equal times: the older flow (so the victims never depend on slots)
+        victims = live[np.lexsort((S["fid"][live], S["last_ts"][live]))[:m]]
         self.stats["evicted"] += len(victims)
         return self._end(victims, np.full(len(victims), R_EVICTED, np.int8))
 
@@ -672,6 +733,10 @@ class FlowTable:
         Returns (offsets, columns): packets of ``slots[i]`` are ``columns[c][offsets[i]:offsets[i+1]]``.
         Used by the policies; ``hold=True`` keeps nothing in the store either (callers re-store).
         """
+        if self.kernel == "c":
+            offsets, cols, total = table_kernel.take(self, np.asarray(slots, np.int64))
+            self._dead += total
+            return offsets, cols
         G = self._segs
         ns = G.n
         want = np.full(self._slots.n, -1, np.int64)
@@ -686,9 +751,7 @@ class FlowTable:
         st = G.cols["start"][idx]
         L = G.cols["end"][idx] - st
         total = int(L.sum())
-        cum = np.cumsum(L) - L
-        flat = np.repeat(st - cum, L) + np.arange(total)
-        cols = {k: np.take(self._store.cols[k], flat) for k in self._store.cols}
+        cols = self._gather(st, L, total)
         counts = np.bincount(rk, weights=L, minlength=len(slots)).astype(np.int64)
         offsets = np.concatenate(([0], np.cumsum(counts)))
         G.cols["alive"][idx] = False
@@ -707,6 +770,14 @@ class FlowTable:
                           alive=np.ones(int(nz.sum()), bool))
         self._slots.cols["pend_ts"][slots[nz]] = cols["ts"][offsets[:-1][nz]]
 
+    def _gather(self, start: np.ndarray, length: np.ndarray, total: int) -> dict[str, np.ndarray]:
+        """Store packets of segments [start, start + length), back to back, per column."""
+        if self.kernel == "c":
+            return table_kernel.gather(self._store.cols, start, length)
+        cum = np.cumsum(length) - length
+        flat = np.repeat(start - cum, length) + np.arange(total)
+        return {k: np.take(self._store.cols[k], flat) for k in self._store.cols}
+
     def _maybe_compact(self) -> None:
         st = self._store
         if st.n < (1 << 16) or self._dead * 2 < st.n:
@@ -720,11 +791,9 @@ class FlowTable:
         stt = G.cols["start"][idx]
         L = G.cols["end"][idx] - stt
         total = int(L.sum())
-        cum = np.cumsum(L) - L
-        flat = np.repeat(stt - cum, L) + np.arange(total)
         cap = max(4096, 2 * total)
         new = _Grow(_STORE_COLS, cap)
-        new.append(**{k: np.take(st.cols[k], flat) for k in st.cols})
+        new.append(**self._gather(stt, L, total))
         self._store = new
         ss = slots[o]
         us, first = np.unique(ss, return_index=True)

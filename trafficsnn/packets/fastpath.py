@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import kernel
 from .batch import FrameBatch
 
 WINDOW = 68                 # 14 Ethernet + 40 IPv6 + 14: through the TCP flags byte after IPv6
@@ -50,6 +51,11 @@ def decode_common(fb: FrameBatch) -> tuple[np.ndarray, dict[str, np.ndarray]] | 
     d = fb.data
     if n == 0 or lt[0] != 1 or len(d) < WINDOW or not (lt == 1).all():
         return None
+    if kernel.enabled():                            # the same rules frame by frame in C
+        elig = np.empty(n, np.bool_)
+        cols = {k: np.empty(n, t) for k, t in _OUT}
+        kernel.eth_decode(d, fb.offset, fb.caplen, fb.wire_len, _PCODE, _UDP_TUNNEL, elig, cols)
+        return elig, cols
     off = fb.offset
     last = len(d) - WINDOW
     win = byte_windows(d, WINDOW)

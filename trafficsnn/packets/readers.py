@@ -22,6 +22,7 @@ from typing import BinaryIO, Iterator
 import numpy as np
 
 from ..errors import CaptureError
+from . import kernel
 from .batch import FrameBatch
 from .fastpath import byte_windows
 from .walk import walk
@@ -44,6 +45,9 @@ GZIP_MAGIC = b"\x1f\x8b"
 
 def _gather_u32(d: np.ndarray, offs: np.ndarray, nwords: int, order: str) -> np.ndarray:
     """``nwords`` consecutive 32-bit words at each offset -> (n, nwords) native uint32."""
+    if (kernel.enabled() and d.flags.c_contiguous and len(offs)
+            and 0 <= int(offs.min()) and int(offs.max()) <= len(d) - 4 * nwords):   # else numpy raises
+        return kernel.pcap_headers(d, offs, nwords, order)
     words = byte_windows(d, 4 * nwords)[offs].view(order + "u4")
     return words.reshape(len(offs), nwords).astype(np.uint32, copy=False)
 

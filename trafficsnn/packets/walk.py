@@ -18,6 +18,8 @@ import struct
 
 import numpy as np
 
+from . import kernel
+
 MIN_VECTOR_BYTES = 1 << 16   # below this a chunk is walked in Python (the setup costs more)
 _MAX_ROUNDS = 32             # pruning rounds for chains of false guesses (one or two in practice)
 
@@ -107,7 +109,9 @@ def walk(buf: bytes, rhl: int, order: str, safe: int, lim: int,
          scratch: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """Record offsets (int64 array) visited while <= ``safe`` and the stop offset: a proven
     vectorised prefix where possible, the Python loop for the rest. Always exactly the
-    sequential walk's result."""
+    sequential walk's result (the C kernel's walk where it is built)."""
+    if kernel.enabled():
+        return kernel.pcap_walk(np.frombuffer(buf, dtype=np.uint8), rhl, order, safe)
     if safe >= MIN_VECTOR_BYTES:
         r = chain_walk(buf, rhl, order, safe, lim, scratch)
         if r is not None:

@@ -4,8 +4,8 @@
 time loop (derivation in the C source below). Backends:
 
 * ``"c"``: a small C kernel compiled on first use with the system C compiler
-  (about 0.5 s, cached under ``$TRAFFICSNN_CACHE`` or ``~/.cache/trafficsnn``) and
-  called through ctypes; CPU tensors, float32/float64, threads = torch threads.
+  (about 0.5 s, cached per user by ``trafficsnn._native``, which refuses folders other
+  users can write) and called through ctypes; CPU tensors, float32/float64, threads = torch threads.
 * ``"torch"``: the same algorithm as a loop of torch ops on (B, H) tensors; any
   device (this is the CUDA path) and the fallback when no compiler is found.
 
@@ -15,19 +15,14 @@ time loop (derivation in the C source below). Backends:
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
-import platform
-import shutil
-import subprocess
-import tempfile
 import threading
 import warnings
-from pathlib import Path
 from typing import NamedTuple
 
 import torch
 
+from .. import _native
 from .neurons import EPS, surrogate_grad
 
 _LIB = None
@@ -35,54 +30,11 @@ _LIB_TRIED = False
 _LOCK = threading.Lock()
 
 
-def _cache_dir() -> Path:
-    base = os.environ.get("TRAFFICSNN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "trafficsnn")
-    return Path(base) / "kernels"
-
-
-def _cpu_tag() -> str:
-    model = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("model name", "flags")):
-                    model += line
-    except OSError:
-        pass
-    return hashlib.sha256(model.encode()).hexdigest()[:12]
-
-
 def _build() -> ctypes.CDLL | None:
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if not cc:
+    lib = _native.load("lif_kernel", C_SOURCE, what="the fused LIF kernel", fallback="the slower torch loop",
+                       flags=("-O3", "-ffp-contract=off"), libs=("-lpthread", "-lm"))
+    if lib is None:
         return None
-    key = hashlib.sha256((C_SOURCE + _cpu_tag() + platform.machine()).encode()).hexdigest()[:16]
-    target = _cache_dir() / f"lif_kernel_{key}.so"
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError:   # read-only home (e.g. a sandboxed service): build in the temp dir
-        target = Path(tempfile.gettempdir()) / f"trafficsnn-kernels-{os.getuid()}" / target.name
-        target.parent.mkdir(parents=True, exist_ok=True)
-    if not target.exists():
-        with tempfile.TemporaryDirectory() as tmp:
-            src = Path(tmp) / "lif_kernel.c"
-            src.write_text(C_SOURCE)
-            out = Path(tmp) / "lif_kernel.so"
-            flags = ["-O3", "-ffp-contract=off", "-fPIC", "-shared"]
-            native = ["-march=native"] if platform.machine() in ("x86_64", "AMD64") else []
-            for extra in (native, []):
-                r = subprocess.run([cc, *flags, *extra, "-o", str(out), str(src), "-lpthread", "-lm"],
-                                   capture_output=True, text=True)
-                if r.returncode == 0:
-                    break
-            else:
-                warnings.warn(f"could not compile the fused LIF kernel ({r.stderr.strip()[:200]}); "
-                              "using the slower torch loop", RuntimeWarning, stacklevel=3)
-                return None
-            part = target.with_suffix(f".{os.getpid()}.tmp")
-            shutil.copyfile(out, part)
-            os.replace(part, target)
-    lib = ctypes.CDLL(str(target))
     p, i, d = ctypes.c_void_p, ctypes.c_int, ctypes.c_double
     for sfx in ("f32", "f64"):
         fwd = getattr(lib, f"lif_fwd_{sfx}")
