@@ -127,8 +127,11 @@ def _backend(device: str, nproc: int) -> str:
     return "nccl"
 
 
-def launch(data, out, opts, nproc: int) -> dict:
-    """Prepare once here, train on ``nproc`` workers, return rank 0's summary (see module doc)."""
+def launch(data, out, opts, nproc: int, entry=None) -> dict:
+    """Prepare once here, train on ``nproc`` workers, return rank 0's summary (see module doc).
+
+    ``entry``: the function each worker runs (default ``worker``; tests wrap it).
+    """
     import warnings
 
     import torch.distributed as dist
@@ -143,6 +146,10 @@ def launch(data, out, opts, nproc: int) -> dict:
         raise ConfigError("this torch build has no torch.distributed: use --nproc 1")
     backend = _backend(opts.device, nproc)
     out = Path(out)
+    if opts.resume:
+        from .loop import load_state
+
+        load_state(out / "state")             # no saved state: the one clear error, before any worker starts
     out.mkdir(parents=True, exist_ok=True)
     tmp_cache = None
     if opts.no_cache:   # the workers still read what was extracted once, from a cache of their own
@@ -157,14 +164,14 @@ def launch(data, out, opts, nproc: int) -> dict:
         worker_opts = dataclasses.replace(opts, jobs=1)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", LeakySplitWarning)
-            results = _run_workers(str(data), str(out), worker_opts, nproc, backend)
+            results = _run_workers(str(data), str(out), worker_opts, nproc, backend, entry or worker)
     finally:
         if tmp_cache:
             shutil.rmtree(tmp_cache, ignore_errors=True)
     return results[0]
 
 
-def _run_workers(data: str, out: str, opts, nproc: int, backend: str) -> dict:
+def _run_workers(data: str, out: str, opts, nproc: int, backend: str, entry) -> dict:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -178,7 +185,7 @@ def _run_workers(data: str, out: str, opts, nproc: int, backend: str) -> dict:
     for q in quiet:           # their tracebacks go to worker_errors.log; the user gets one line
         q.setLevel(logging.CRITICAL)
     try:
-        return elastic_launch(cfg, worker)(data, out, opts, backend, threads)
+        return elastic_launch(cfg, entry)(data, out, opts, backend, threads)
     except ChildFailedError as err:
         raise _worker_error(err, Path(out), nproc) from None
     finally:
