@@ -172,6 +172,7 @@ def launch(data, out, opts, nproc: int, entry=None) -> dict:
 
 
 def _run_workers(data: str, out: str, opts, nproc: int, backend: str, entry) -> dict:
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -188,6 +189,8 @@ def _run_workers(data: str, out: str, opts, nproc: int, backend: str, entry) -> 
         return elastic_launch(cfg, entry)(data, out, opts, backend, threads)
     except ChildFailedError as err:
         raise _worker_error(err, Path(out), nproc) from None
+    except SignalException:          # Ctrl-C or a kill: the agent has stopped the workers
+        raise KeyboardInterrupt from None
     finally:
         for q, lv in zip(quiet, levels):
             q.setLevel(lv)
@@ -232,6 +235,7 @@ def worker(data: str, out: str, opts, backend: str, threads: int) -> dict | None
 
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(threads)
+    logging.getLogger("trafficsnn").setLevel(logging.ERROR)   # the parent already said what was wrong with the data
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local = int(os.environ.get("LOCAL_RANK", rank))
     device = "cpu"
