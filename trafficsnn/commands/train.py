@@ -85,8 +85,9 @@ state/ (resumable), test_report/ (report.json, report.md, confusion.png), summar
 @click.option("--resume", is_flag=True, help="Continue from OUT/state after an interruption.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Sample cache (default $TRAFFICSNN_CACHE or ~/.cache/trafficsnn/samples).")
-@click.option("--jobs", "-j", type=click.IntRange(0), default=1, show_default=True,
-              help="Worker processes extracting samples from captures not yet cached (0 = one per core).")
+@click.option("--jobs", "-j", type=click.IntRange(0), default=0, show_default=True,
+              help="Worker processes extracting samples from captures not yet cached; 0 = one per core "
+                   "when over 256 MB of captures are to be extracted, else in this process.")
 @click.option("--nproc", type=click.IntRange(1), default=1, show_default=True,
               help="Data-parallel training processes (torch.distributed: gloo on CPU, NCCL with one GPU "
                    "each): every process computes its share of each batch, gradients are summed, the "

@@ -39,6 +39,9 @@ from .features import HEAD_COLUMNS, HEAD_PACKETS, N_FEATURES, flow_stats, packet
 log = logging.getLogger(__name__)
 
 CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap", ".dmp")
+# -j 0 (every core) starts worker processes only for more than this many bytes of uncached captures:
+# a worker costs ~0.7 CPU-s to start, one core extracts ~350 MB/s (bench/RESULTS.md, bench_prepare.py)
+AUTO_JOBS_MIN_BYTES = 256 << 20
 CACHE_VERSION = 3   # 2: packet-clocked encoder, monotonic flow timestamps; 3: packet heads for baselines
 L4_NUMBERS = {"TCP": 6, "UDP": 17, "ICMP": 1, "ICMPV6": 58, "SCTP": 132, "GRE": 47, "ESP": 50}
 
@@ -273,19 +276,21 @@ class SampleCache:
         return self.root / f"{_cache_key(file_sha256(path, self._memo), params)}.npz"
 
     def prefetch(self, paths: Sequence[Path], encoder, max_packets, flow_opts, jobs: int, progress: bool) -> None:
-        """Extract the captures missing from the cache in ``jobs`` worker processes (0 = every core).
+        """Extract the captures missing from the cache in ``jobs`` worker processes.
 
-        Largest captures first, so that one big file started last does not leave the other
-        workers idle (ISCX mixes 1 MB and multi-GB captures).
+        ``jobs`` 0 = one per core, when there is enough to extract to pay for starting them
+        (``AUTO_JOBS_MIN_BYTES``). Largest captures first, so that one big file started last
+        does not leave the other workers idle (ISCX mixes 1 MB and multi-GB captures).
         """
-        jobs = usable_cores() if jobs == 0 else jobs
+        auto = jobs == 0
+        jobs = usable_cores() if auto else jobs
         if not self.enabled or jobs <= 1:
             return
         todo = [(p, self.path_for(p, encoder, max_packets, flow_opts)) for p in paths]
-        todo = [(p, f) for p, f in todo if not f.exists()]
-        if len(todo) < 2:
+        todo = [(p, f, p.stat().st_size) for p, f in todo if not f.exists()]
+        if len(todo) < 2 or (auto and sum(t[2] for t in todo) < AUTO_JOBS_MIN_BYTES):
             return
-        todo.sort(key=lambda pf: -pf[0].stat().st_size)
+        todo.sort(key=lambda t: -t[2])
         jobs = min(jobs, len(todo))
         self.prefetched += len(todo)
         import multiprocessing as mp
@@ -293,7 +298,7 @@ class SampleCache:
 
         spec = encoder.spec()
         with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
-            futs = [ex.submit(_extract_job, str(p), spec, max_packets, flow_opts, str(f)) for p, f in todo]
+            futs = [ex.submit(_extract_job, str(p), spec, max_packets, flow_opts, str(f)) for p, f, _ in todo]
             it = as_completed(futs)
             if progress:
                 from tqdm import tqdm
