@@ -11,7 +11,8 @@ frames with zero payload, so bytes per packet are those of bulk traffic: ~840 B)
   decoding, flows, encoding, flow statistics, cache writes) with ``-j`` 1, 2, ...; MB/s and
   packets/s of capture, wall clock;
 - training: the default preset on those samples from the warm cache, ``--nproc`` 1, 2, ...;
-  training samples per second of each epoch (an epoch includes its validation pass).
+  training samples per second of the median epoch after the first (an epoch includes its
+  validation pass).
 
 Every number is wall-clock on this machine; `uptime` before and after says how loaded it was.
 """
@@ -27,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -40,12 +43,18 @@ def _uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
-def make_data(root: Path, gb: float, seed: int) -> dict:
-    """~``gb`` GB of synthetic captures: 5 classes x 4 captures, 60-100 s flows (~6.5 MB each)."""
+def make_data(root: Path, gb: float, seed: int, short_flows: int = 0) -> dict:
+    """~``gb`` GB of synthetic captures: 5 classes x 4 captures, 60-100 s flows (~6.5 MB each);
+    ``short_flows``: that many 1-3 s flows instead (to measure the cost per flow)."""
     from trafficsnn.train.synth import synthesize
 
-    flows_per_class = max(4, round(gb * 1e9 / 6.5e6 / 5))
-    m = synthesize(root, flows_per_class=flows_per_class, captures_per_class=4, duration=(60.0, 100.0), seed=seed)
+    if short_flows:
+        per = short_flows // 5      # synth addresses at most 255 flows per capture
+        m = synthesize(root, flows_per_class=per, captures_per_class=max(4, -(-per // 250)), duration=(1.0, 3.0),
+                       seed=seed)
+    else:
+        m = synthesize(root, flows_per_class=max(4, round(gb * 1e9 / 6.5e6 / 5)), captures_per_class=4,
+                       duration=(60.0, 100.0), seed=seed)
     caps = [root / c["path"] for c in m["captures"]]
     return {"captures": len(caps), "bytes": sum(p.stat().st_size for p in caps),
             "packets": sum(c["packets"] for c in m["captures"]), "flows": sum(c["flows"] for c in m["captures"])}
@@ -78,7 +87,7 @@ def train(data: Path, cache: Path, out: Path, nproc: int, epochs: int) -> dict:
     secs = [b - a for a, b in zip([0.0] + ends[:-1], ends)]
     return {"nproc": nproc, "epochs": len(log), "train_samples": s["samples"]["train"],
             "val_samples": s["samples"]["val"], "samples_per_epoch": per_epoch, "epoch_s": secs,
-            "samples_per_s": per_epoch * len(secs[1:]) / sum(secs[1:]) if len(secs) > 1 else per_epoch / secs[0],
+            "samples_per_s": per_epoch / float(np.median(secs[1:] if len(secs) > 1 else secs)),
             "wall_s": wall}
 
 
@@ -87,6 +96,8 @@ def main() -> None:
     ap.add_argument("--gb", type=float, default=0.5, help="size of the synthetic captures (GB)")
     ap.add_argument("--jobs", type=int, nargs="+", default=[1, 2], help="-j values for preparation")
     ap.add_argument("--nproc", type=int, nargs="+", default=[1, 2], help="--nproc values for training")
+    ap.add_argument("--short-flows", type=int, default=2000,
+                    help="also prepare this many 1-3 s flows (cost per flow; 0: skip)")
     ap.add_argument("--epochs", type=int, default=3, help="epochs per training run (the first is not timed)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -102,6 +113,10 @@ def main() -> None:
         d = res["data"]
         print(f"data: {d['captures']} captures, {d['bytes'] / 1e6:.0f} MB, {d['packets']:,} packets, "
               f"{d['flows']:,} flows ({d['bytes'] / d['packets']:.0f} B/packet incl. the 16-byte record header)")
+        from trafficsnn.train.synth import synthesize
+
+        synthesize(tmp / "warm", classes=["Chat", "VoIP"], flows_per_class=2, captures_per_class=1, seed=a.seed)
+        prepare(tmp / "warm", tmp / "cache-warm", 1)      # imports and first calls, untimed
         res["prepare"] = []
         for j in a.jobs:
             r = prepare(tmp / "data", tmp / "cache", j)
@@ -110,6 +125,25 @@ def main() -> None:
             res["prepare"].append(r)
             print(f"prepare -j {j}: {r['wall_s']:.1f} s wall, {r['cpu_s']:.1f} CPU-s, {r['mb_per_s']:.1f} MB/s, "
                   f"{r['packets_per_s']:,.0f} packets/s, {r['samples']} samples")
+        if a.short_flows:
+            sd = make_data(tmp / "short", 0, a.seed, a.short_flows)
+            res["short"] = {"data": sd, "prepare": []}
+            print(f"short flows: {sd['captures']} captures, {sd['bytes'] / 1e6:.0f} MB, {sd['packets']:,} packets, "
+                  f"{sd['flows']:,} flows")
+            for j in a.jobs:
+                r = prepare(tmp / "short", tmp / "cache-short", j)
+                r["mb_per_s"], r["packets_per_s"] = sd["bytes"] / 1e6 / r["wall_s"], sd["packets"] / r["wall_s"]
+                r["flows_per_s"] = sd["flows"] / r["wall_s"]
+                res["short"]["prepare"].append(r)
+                print(f"prepare short -j {j}: {r['wall_s']:.1f} s wall, {r['cpu_s']:.1f} CPU-s, "
+                      f"{r['packets_per_s']:,.0f} packets/s, {r['flows_per_s']:,.0f} flows/s, {r['samples']} samples")
+            # one core's cost model from the two -j 1 runs: CPU-s = a * packets + b * flows
+            A = np.array([[d["packets"], d["flows"]], [sd["packets"], sd["flows"]]], float)
+            cpu = np.array([res["prepare"][0]["cpu_s"], res["short"]["prepare"][0]["cpu_s"]])
+            per_packet, per_flow = np.linalg.solve(A, cpu)
+            res["cost_model"] = {"cpu_s_per_packet": per_packet, "cpu_s_per_flow": per_flow}
+            print(f"one core (-j {a.jobs[0]}): {per_packet * 1e6:.2f} CPU-us per packet + {per_flow * 1e3:.2f} CPU-ms "
+                  "per flow")
         t0 = time.perf_counter()
         again = load_samples(tmp / "data", TrainOptions(cache_dir=str(tmp / "cache"), quiet=True))
         res["cached_read_s"] = time.perf_counter() - t0
@@ -118,7 +152,7 @@ def main() -> None:
         for n in a.nproc:
             r = train(tmp / "data", tmp / "cache", tmp / f"run{n}", n, a.epochs)
             res["train"].append(r)
-            print(f"train --nproc {n}: {r['samples_per_s']:.1f} training samples/s (epochs after the first; "
+            print(f"train --nproc {n}: {r['samples_per_s']:.1f} training samples/s (median epoch after the first; "
                   f"{r['samples_per_epoch']} samples per epoch, {r['val_samples']} validation), epoch s "
                   f"{', '.join(f'{x:.1f}' for x in r['epoch_s'])}")
         res["uptime_after"] = _uptime()
