@@ -181,7 +181,8 @@ def _run_workers(data: str, out: str, opts, nproc: int, backend: str, entry) -> 
                        rdzv_configs={"join_timeout": RENDEZVOUS_TIMEOUT_S}, max_restarts=0, monitor_interval=0.2,
                        start_method="spawn")
     threads = max(1, usable_cores() // nproc)
-    quiet = [logging.getLogger(n) for n in ("torch.distributed", "torch.multiprocessing")]
+    quiet = [logging.getLogger(n) for n in ["torch.distributed", "torch.multiprocessing", *(
+        n for n in logging.root.manager.loggerDict if n.startswith(("torch.distributed.", "torch.multiprocessing.")))]]
     levels = [q.level for q in quiet]
     for q in quiet:           # their tracebacks go to worker_errors.log; the user gets one line
         q.setLevel(logging.CRITICAL)
