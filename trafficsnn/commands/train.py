@@ -90,8 +90,8 @@ state/ (resumable), test_report/ (report.json, report.md, confusion.png), summar
                    "when over 256 MB of captures are to be extracted, else in this process.")
 @click.option("--nproc", type=click.IntRange(1), default=1, show_default=True,
               help="Data-parallel training processes (torch.distributed: gloo on CPU, NCCL with one GPU "
-                   "each): every process computes its share of each batch, gradients are summed, the "
-                   "result is the one-process run's. Samples are extracted once first (-j).")
+                   "each): every process computes its share of each batch, gradients are summed: one process's training with "
+                   "that batch size, up to float32 summation order. Samples are extracted once first (-j).")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the sample cache.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or summary.")
 def command(data, out, preset, model_kind, epochs, batch_size, lr, seed, device, split, fractions, session_groups,
