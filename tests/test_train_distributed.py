@@ -94,8 +94,12 @@ def test_failed_worker_is_one_clear_error(data, tmp_path):
 
 def test_cli_nproc_refuses_what_cannot_run_in_parallel(data, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    for extra, msg in ((["--model", "gbt"], "--model gbt trains in one process"),
-                       (["--resume"], "no saved training state")):
+    import torch
+
+    cases = [(["--model", "gbt"], "--model gbt trains in one process"), (["--resume"], "no saved training state")]
+    if torch.cuda.device_count() < 2:
+        cases.append((["--device", "cuda"], "--device cuda" if not torch.cuda.is_available() else "needs 2 GPUs"))
+    for extra, msg in cases:
         r = subprocess.run([sys.executable, "-m", "trafficsnn", "train", str(data), "--out", str(tmp_path / "o"),
                             "--nproc", "2", "--device", "cpu", "-q", *extra], capture_output=True, text=True, env=env,
                            timeout=120)

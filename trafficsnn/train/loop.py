@@ -7,6 +7,8 @@ gradient clipping by value, per-epoch train/validation loss and macro-F1 in a JS
 log, model selection on validation (improved preset, MLP) or the last epoch (paper
 preset), and resumable state written after each epoch without pickle (safetensors for
 tensors + JSON for the rest). Temperature scaling is fitted on validation at the end.
+Under ``train --nproc`` (``distributed``) each rank runs this loop on its shard of every
+global batch; with one process the loop is exactly what it always was.
 """
 from __future__ import annotations
 
