@@ -148,3 +148,29 @@ def test_parallel_extraction_equals_serial(synth, tmp_path):
     assert c.prefetched == 10 and b.summary["cache"]["misses"] == 10
     assert np.array_equal(a.ev_value, b.ev_value) and np.array_equal(a.ev_step, b.ev_step)
     assert np.array_equal(a.features, b.features) and list(a.flow) == list(b.flow)
+
+
+def test_jobs_0_uses_every_core_only_when_worth_it(synth, tmp_path, monkeypatch):
+    import trafficsnn.train.datasets as datasets
+
+    small = SampleCache(tmp_path / "small")
+    build_dataset(synth, encoder_for("improved"), cache=small, jobs=0)
+    assert small.prefetched == 0                      # a few MB: extracted in this process
+    monkeypatch.setattr(datasets, "AUTO_JOBS_MIN_BYTES", 0)
+    monkeypatch.setattr(datasets, "usable_cores", lambda: 2)
+    big = SampleCache(tmp_path / "big")
+    build_dataset(synth, encoder_for("improved"), cache=big, jobs=0)
+    assert big.prefetched == 10                       # "large": worker processes, one per core
+
+
+def test_extraction_workers_need_no_torch():
+    # each -j worker starts a fresh interpreter: importing torch there cost ~2 CPU-s per worker
+    code = ("import sys; from trafficsnn.snn.registry import encoder_for; import trafficsnn.train.datasets; "
+            "[encoder_for(k) for k in ('packet', 'improved', 'paper')]; print('torch' in sys.modules)")
+    import os
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    assert out.stdout.strip() == "False"

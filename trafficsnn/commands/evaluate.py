@@ -21,8 +21,9 @@ import click
 @click.option("--min-packets", type=click.IntRange(1), default=10, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None)
-@click.option("--jobs", "-j", type=click.IntRange(1), default=1, show_default=True,
-              help="Worker processes extracting samples from captures not yet cached.")
+@click.option("--jobs", "-j", type=click.IntRange(0), default=0, show_default=True,
+              help="Worker processes extracting samples from captures not yet cached; 0 = one per core "
+                   "when over 256 MB of captures are to be extracted, else in this process.")
 @click.option("--no-cache", is_flag=True)
 @click.option("-q", "--quiet", is_flag=True, help="Only the summary line.")
 def command(model, data, out, labels_csv, rules, task, manifest, side, max_packets, min_packets, device, cache_dir,

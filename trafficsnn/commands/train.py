@@ -85,14 +85,19 @@ state/ (resumable), test_report/ (report.json, report.md, confusion.png), summar
 @click.option("--resume", is_flag=True, help="Continue from OUT/state after an interruption.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Sample cache (default $TRAFFICSNN_CACHE or ~/.cache/trafficsnn/samples).")
-@click.option("--jobs", "-j", type=click.IntRange(1), default=1, show_default=True,
-              help="Worker processes extracting samples from captures not yet cached.")
+@click.option("--jobs", "-j", type=click.IntRange(0), default=0, show_default=True,
+              help="Worker processes extracting samples from captures not yet cached; 0 = one per core "
+                   "when over 256 MB of captures are to be extracted, else in this process.")
+@click.option("--nproc", type=click.IntRange(1), default=1, show_default=True,
+              help="Data-parallel training processes (torch.distributed: gloo on CPU, NCCL with one GPU "
+                   "each): every process computes its share of each batch, gradients are summed: one process's training with "
+                   "that batch size, up to float32 summation order. Samples are extracted once first (-j).")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the sample cache.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or summary.")
 def command(data, out, preset, model_kind, epochs, batch_size, lr, seed, device, split, fractions, session_groups,
             manifest, labels_csv, rules, task, max_packets, min_packets, bin_s, n_steps, input_value, augment,
             weight_decay,
-            label_smoothing, balance, min_batches, n_hidden, resume, cache_dir, jobs, no_cache, quiet):
+            label_smoothing, balance, min_batches, n_hidden, resume, cache_dir, jobs, nproc, no_cache, quiet):
     import warnings
 
     from ..train.loop import recipe_overrides
@@ -108,7 +113,12 @@ def command(data, out, preset, model_kind, epochs, batch_size, lr, seed, device,
                         recipe=recipe_overrides(augment, weight_decay, label_smoothing, min_batches, balance))
     with warnings.catch_warnings(record=True) as caught:  # the leaky-split warning, printed in red below
         warnings.simplefilter("always", LeakySplitWarning)
-        summary = train_run(data, out, opts)
+        if nproc > 1:
+            from ..train.distributed import launch
+
+            summary = launch(data, out, opts, nproc)
+        else:
+            summary = train_run(data, out, opts)
     for w in caught:
         if issubclass(w.category, LeakySplitWarning):
             click.secho(f"WARNING: {w.message}", fg="red", err=True)

@@ -121,6 +121,10 @@ class RecurrentALIF(nn.Module):
         self.slope, self.dropout = float(surrogate_slope), float(dropout)
         self.input_skip, self.members, self.current = bool(input_skip), int(members), str(current)
         self.preset: str | None = None
+        # (first row, global batch size, global steps) while this process trains one shard of each
+        # batch (train --nproc): dropout masks are drawn for the whole global batch and for as many
+        # steps as its longest sample, as one process draws them, so every rank stays in step
+        self.batch_shard: tuple[int, int, int] | None = None
         K, H, C = self.members, self.n_hidden, self.n_classes
         self.w_in = nn.ParameterList()
         self.w_rec = nn.ParameterList()
@@ -227,7 +231,7 @@ class RecurrentALIF(nn.Module):
                 s, states[layer] = alif_step(cur, states[layer], ps[layer])
                 inp = s
             if drop:
-                inp = nn.functional.dropout(inp, self.dropout, True)
+                inp = self._dropout(inp)
             m = kappa * m + (1 - kappa) * inp
             c = c + inp
             ms.append(m)
@@ -275,7 +279,7 @@ class RecurrentALIF(nn.Module):
 
         lens = self.lengths(x)
         dense = self._dense(x)
-        T = int(lens.max()) if lens.numel() else 1
+        T = self._n_steps_run(lens)
         dense = dense[:, :T]
         B = dense.shape[0]
         if reference:
@@ -288,6 +292,20 @@ class RecurrentALIF(nn.Module):
     def forward(self, x: SparseBatch | torch.Tensor, reference: bool = False) -> torch.Tensor:
         return self.run(x, reference).logits
 
+    def _n_steps_run(self, lens: torch.Tensor) -> int:
+        """Steps to run a batch for: its longest sample (the global batch's under ``batch_shard``)."""
+        T = int(lens.max()) if lens.numel() else 1
+        return max(T, self.batch_shard[2]) if self.batch_shard is not None and self.training else T
+
+    def _dropout(self, x: torch.Tensor) -> torch.Tensor:
+        """Dropout of (K, B, H) spikes; with ``batch_shard`` the rows of the global batch's mask
+        (on CPU, F.dropout's mask is this very bernoulli draw, so shards match one process)."""
+        if self.batch_shard is None:
+            return nn.functional.dropout(x, self.dropout, True)
+        a, n, _ = self.batch_shard
+        keep = x.new_empty(x.shape[0], n, *x.shape[2:]).bernoulli_(1.0 - self.dropout)[:, a:a + x.shape[1]]
+        return x * keep.div_(1.0 - self.dropout)
+
     def train_logits(self, x: SparseBatch, checkpoints=(1, 2, 3, 5, 10, 20, 30, 50)):
         """Member scores for anytime training: final (B, K, C), early (B, P, K, C), mask (B, P).
 
@@ -297,7 +315,7 @@ class RecurrentALIF(nn.Module):
         """
         lens = self.lengths(x)
         dense = self._dense(x)
-        T = int(lens.max())
+        T = self._n_steps_run(lens)
         logits = self.step_member_logits(dense[:, :T])
         B = logits.shape[0]
         final = logits[torch.arange(B, device=logits.device), lens - 1]

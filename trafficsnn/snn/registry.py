@@ -26,17 +26,17 @@ from ..errors import ConfigError
 ENCODERS: dict[str, type] = {}
 ARCHITECTURES: dict[str, type] = {}
 
-# modules that register the built-in encoders and architectures
-_BUILTIN = ("trafficsnn.snn.encoding", "trafficsnn.snn.packet_encoding", "trafficsnn.snn.model",
-            "trafficsnn.snn.alif")
-_loaded = False
+# modules that register the built-in encoders (numpy only) and architectures (torch)
+_BUILTIN_ENCODERS = ("trafficsnn.snn.encoding", "trafficsnn.snn.packet_encoding")
+_BUILTIN_ARCHITECTURES = ("trafficsnn.snn.model", "trafficsnn.snn.alif")
+_loaded: set[str] = set()
 
 
-def _load_builtin() -> None:
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        for m in _BUILTIN:
+def _load_builtin(encoders_only: bool = False) -> None:
+    """Import the built-in registrations; encoders alone need no torch (sample-extraction workers)."""
+    for m in _BUILTIN_ENCODERS + (() if encoders_only else _BUILTIN_ARCHITECTURES):
+        if m not in _loaded:
+            _loaded.add(m)
             importlib.import_module(m)
 
 
@@ -61,7 +61,7 @@ def register_architecture(name: str) -> Callable[[type], type]:
 
 
 def encoder_names() -> list[str]:
-    _load_builtin()
+    _load_builtin(encoders_only=True)
     return sorted(ENCODERS)
 
 
@@ -79,7 +79,7 @@ def architecture(name: str) -> type:
 
 def encoder_for(spec: Mapping[str, Any] | str):
     """The encoder a preset name, preset dict, checkpoint spec or encoding spec names."""
-    _load_builtin()
+    _load_builtin(encoders_only=True)
     if isinstance(spec, str):
         from .presets import PRESETS
         if spec not in PRESETS:

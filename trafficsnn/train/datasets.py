@@ -39,8 +39,19 @@ from .features import HEAD_COLUMNS, HEAD_PACKETS, N_FEATURES, flow_stats, packet
 log = logging.getLogger(__name__)
 
 CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap", ".dmp")
+# -j 0 (every core) starts worker processes only for more than this many bytes of uncached captures:
+# a worker costs ~0.7 CPU-s to start, one core extracts ~350 MB/s (bench/RESULTS.md, bench_prepare.py)
+AUTO_JOBS_MIN_BYTES = 256 << 20
 CACHE_VERSION = 3   # 2: packet-clocked encoder, monotonic flow timestamps; 3: packet heads for baselines
 L4_NUMBERS = {"TCP": 6, "UDP": 17, "ICMP": 1, "ICMPV6": 58, "SCTP": 132, "GRE": 47, "ESP": 50}
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask, else os.cpu_count()): what ``-j 0`` means."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 def default_cache_dir() -> Path:
@@ -81,7 +92,7 @@ class CaptureSamples:
     damage: np.ndarray = field(default_factory=lambda: np.zeros(0, "U1"))  # what was wrong with the file (0 or 1)
 
     def save(self, path: Path) -> None:
-        tmp = path.with_suffix(".tmp.npz")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")   # several processes may share one cache
         np.savez(tmp, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
         os.replace(tmp, path)
 
@@ -265,20 +276,29 @@ class SampleCache:
         return self.root / f"{_cache_key(file_sha256(path, self._memo), params)}.npz"
 
     def prefetch(self, paths: Sequence[Path], encoder, max_packets, flow_opts, jobs: int, progress: bool) -> None:
-        """Extract the captures missing from the cache in ``jobs`` worker processes."""
+        """Extract the captures missing from the cache in ``jobs`` worker processes.
+
+        ``jobs`` 0 = one per core, when there is enough to extract to pay for starting them
+        (``AUTO_JOBS_MIN_BYTES``). Largest captures first, so that one big file started last
+        does not leave the other workers idle (ISCX mixes 1 MB and multi-GB captures).
+        """
+        auto = jobs == 0
+        jobs = usable_cores() if auto else jobs
         if not self.enabled or jobs <= 1:
             return
         todo = [(p, self.path_for(p, encoder, max_packets, flow_opts)) for p in paths]
-        todo = [(p, f) for p, f in todo if not f.exists()]
-        if len(todo) < 2:
+        todo = [(p, f, p.stat().st_size) for p, f in todo if not f.exists()]
+        if len(todo) < 2 or (auto and sum(t[2] for t in todo) < AUTO_JOBS_MIN_BYTES):
             return
+        todo.sort(key=lambda t: -t[2])
+        jobs = min(jobs, len(todo))
         self.prefetched += len(todo)
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         spec = encoder.spec()
         with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
-            futs = [ex.submit(_extract_job, str(p), spec, max_packets, flow_opts, str(f)) for p, f in todo]
+            futs = [ex.submit(_extract_job, str(p), spec, max_packets, flow_opts, str(f)) for p, f, _ in todo]
             it = as_completed(futs)
             if progress:
                 from tqdm import tqdm
@@ -306,7 +326,7 @@ class SampleCache:
 
     def flush(self) -> None:
         if self.enabled:
-            tmp = self._memo_path.with_suffix(".tmp")
+            tmp = self._memo_path.with_suffix(f".{os.getpid()}.tmp")   # train --nproc: every rank flushes
             tmp.write_text(json.dumps(self._memo))
             os.replace(tmp, self._memo_path)
 

@@ -7,6 +7,8 @@ gradient clipping by value, per-epoch train/validation loss and macro-F1 in a JS
 log, model selection on validation (improved preset, MLP) or the last epoch (paper
 preset), and resumable state written after each epoch without pickle (safetensors for
 tensors + JSON for the rest). Temperature scaling is fitted on validation at the end.
+Under ``train --nproc`` (``distributed``) each rank runs this loop on its shard of every
+global batch; with one process the loop is exactly what it always was.
 """
 from __future__ import annotations
 
@@ -267,17 +269,26 @@ def fit_torch(
     out: Path,
     resume: bool = False,
     clamp: Callable | None = None,
+    group=None,
 ) -> FitResult:
-    """Train ``model`` on ``train_set`` (SampleSet); ``make_input(ds, idx, device)`` builds a batch."""
+    """Train ``model`` on ``train_set`` (SampleSet); ``make_input(ds, idx, device)`` builds a batch.
+
+    ``group`` (a ``distributed.Group``): this rank computes its shard of every global batch
+    and of the validation set; gradients and metrics are summed over ranks, and only rank 0
+    writes the log, state and plots. None = one process.
+    """
     import torch
     import torch.nn.functional as F
 
     from ..snn.device import resolve_device
+    from .distributed import SINGLE
 
+    group = group or SINGLE
     r = cfg.recipe()
     device = resolve_device(cfg.device)
     model.to(device)
     seed_everything(cfg.seed)
+    group.broadcast(model)
     opt = torch.optim.Adam(model.parameters(), lr=r["lr"], weight_decay=r["weight_decay"])
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=r["factor"],
                                                        patience=r["sched_patience"], threshold=1e-4)
@@ -299,17 +310,21 @@ def fit_torch(
         torch.set_rng_state(tensors["rng.torch"])
         history, best, start_epoch = meta["history"], meta["best"], meta["epoch"] + 1
         model.to(device)
-    elif log_path.exists():
+    elif log_path.exists() and group.main:
         log_path.unlink()
 
     def run_eval(ds) -> tuple[float, np.ndarray]:
         model.eval()
+        mine = group.shard(len(ds))     # every sample when alone
         outs = []
         with torch.no_grad():
-            for a in range(0, len(ds), 256):
-                idx = np.arange(a, min(a + 256, len(ds)))
-                outs.append(model(make_input(ds, idx, device)).float().cpu())
+            for a in range(0, len(mine), 256):
+                outs.append(model(make_input(ds, mine[a:a + 256], device)).float().cpu())
         logits = torch.cat(outs) if outs else torch.zeros(0, n_cls)
+        if group.world > 1:             # each rank fills its rows; the sum is exact (the others add 0)
+            full = torch.zeros(len(ds), n_cls, device=group.device)
+            full[torch.as_tensor(mine, device=group.device)] = logits.to(group.device)
+            logits = group.sum(full).cpu()
         loss = float(F.cross_entropy(logits, torch.as_tensor(ds.y), reduction="mean")) if len(ds) else 0.0
         return loss, logits.numpy()
 
@@ -321,7 +336,7 @@ def fit_torch(
     t_start = time.time()
     bs = int(r["batch_size"])
     bar = None
-    if not cfg.quiet:
+    if not cfg.quiet and group.main:
         from tqdm import tqdm
 
         bar = tqdm(total=r["epochs"], initial=start_epoch, desc=f"train {cfg.model}/{cfg.preset}", unit="epoch",
@@ -339,47 +354,39 @@ def fit_torch(
         else:
             order = balanced_indices(train_set.y, ep_rng, n_epoch)
         aug_rng = np.random.default_rng([cfg.seed, epoch, 1])
-        tot_loss, preds, trues = 0.0, [], []
+        tot_loss, preds = 0.0, np.zeros(len(order), np.int64)
+        ls = float(r.get("label_smoothing", 0.0))
+        w_any = float(r.get("anytime_loss") or 0.0)
         for a in range(0, len(order), bs):
             idx = order[a:a + bs]
-            y = torch.as_tensor(train_set.y[idx], device=device)
-            if r.get("augment"):
-                x = make_input(augment(train_set, idx, aug_rng, **r["augment"]), np.arange(len(idx)), device)
-            else:
-                x = make_input(train_set, idx, device)
-            ls = float(r.get("label_smoothing", 0.0))
-            w_any = float(r.get("anytime_loss") or 0.0)
-            if w_any > 0 and hasattr(model, "train_logits"):
-                # anytime loss: also ask for the right class after the first 1, 2, 3, 5, ... packets
-                logits, early, mask = model.train_logits(x)
-                if logits.dim() == 3:   # (B, K, C): K ensemble members, each on its own loss
-                    nk, nc = logits.shape[1], logits.shape[2]
-                    loss = F.cross_entropy(logits.reshape(-1, nc), y.repeat_interleave(nk), weight=cls_w,
-                                           label_smoothing=ls)
-                    early_l = early[mask].reshape(-1, nc)
-                    ye = y.unsqueeze(1).expand_as(mask)[mask].repeat_interleave(nk)
-                    logits = logits.mean(1)
-                else:
-                    loss = F.cross_entropy(logits, y, weight=cls_w, label_smoothing=ls)
-                    early_l, ye = early[mask], y.unsqueeze(1).expand_as(mask)[mask]
-                if bool(mask.any()):
-                    loss = (1 - w_any) * loss + w_any * F.cross_entropy(early_l, ye, weight=cls_w,
-                                                                        label_smoothing=ls)
-            else:
-                logits = model(x)
-                loss = F.cross_entropy(logits, y, weight=cls_w, label_smoothing=ls)
+            mine = group.shard(len(idx))    # this rank's positions in the global batch (all when alone)
+            y = torch.as_tensor(train_set.y[idx[mine]], device=device)
+            src, pos = train_set, idx[mine]
+            if r.get("augment"):   # on the global batch: every rank draws what one process would draw
+                src, pos = augment(train_set, idx, aug_rng, **r["augment"]), mine
+            x = make_input(src, pos, device) if len(mine) else None
+            if group.world > 1 and hasattr(model, "batch_shard"):
+                keep_rng_in_step(model, x, mine, len(idx), group,
+                                 lambda: make_input(src, np.arange(1) if r.get("augment") else idx[:1], device))
+            loss, logits = batch_loss(model, x, y, cls_w, ls, w_any, group)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if loss.requires_grad:
+                loss.backward()
+            group.sum_grads(model.parameters())
             if r.get("clip"):
                 torch.nn.utils.clip_grad_value_(model.parameters(), r["clip"])
             opt.step()
             if clamp is not None:
                 clamp()
-            tot_loss += float(loss.detach()) * len(idx)
-            preds.append(logits.argmax(1).cpu().numpy())
-            trues.append(train_set.y[idx])
+            tot_loss += float(loss.detach()) * len(idx)     # a group sums its ranks' parts below
+            if len(mine):
+                preds[a + mine] = logits.argmax(1).cpu().numpy()
+        if group.world > 1:
+            tot = group.sum(torch.tensor([tot_loss], dtype=torch.float64, device=group.device))
+            tot_loss = float(tot[0])
+            preds = group.sum(torch.as_tensor(preds, device=group.device)).cpu().numpy()
         train_loss = tot_loss / max(len(order), 1)
-        train_f1 = macro_f1(np.concatenate(trues), np.concatenate(preds), n_cls)
+        train_f1 = macro_f1(train_set.y[order], preds, n_cls)
         val_loss, val_logits = run_eval(val_set)
         val_f1 = macro_f1(val_set.y, val_logits.argmax(1), n_cls) if len(val_set) else 0.0
         if epoch >= r["plateau_from"]:
@@ -387,8 +394,9 @@ def fit_torch(
         rec = {"epoch": epoch, "train_loss": train_loss, "train_macro_f1": train_f1, "val_loss": val_loss,
                "val_macro_f1": val_f1, "lr": opt.param_groups[0]["lr"], "seconds": round(time.time() - t_start, 2)}
         history.append(rec)
-        with open(log_path, "a") as fh:
-            fh.write(json.dumps(rec) + "\n")
+        if group.main:
+            with open(log_path, "a") as fh:
+                fh.write(json.dumps(rec) + "\n")
         if epoch < int(r.get("select_from_epoch") or 0):
             improved = False        # a small validation side can peak on a barely trained model
         elif r.get("select_metric") == "val_loss":   # smoother than macro-F1 on a small validation side
@@ -400,8 +408,9 @@ def fit_torch(
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         if r.get("patience") and r["select"] == "best" and epoch - best["epoch"] >= r["patience"]:
             stopped = True
-        save_state(state_dir, model, opt, sched, {"epoch": epoch, "history": history, "best": best,
-                                                  "config": asdict(cfg), "recipe": r}, best_state)
+        if group.main:
+            save_state(state_dir, model, opt, sched, {"epoch": epoch, "history": history, "best": best,
+                                                      "config": asdict(cfg), "recipe": r}, best_state)
         if bar is not None:
             bar.set_postfix(loss=f"{train_loss:.3f}", val_f1=f"{val_f1:.3f}")
             bar.update(1)
@@ -410,6 +419,8 @@ def fit_torch(
             break
     if bar is not None:
         bar.close()
+    if hasattr(model, "batch_shard"):
+        model.batch_shard = None
     if r["select"] == "best" and best_state is not None:
         model.load_state_dict(best_state)
         best_epoch = best["epoch"]
@@ -418,8 +429,70 @@ def fit_torch(
     model.to(device)
     _, val_logits = run_eval(val_set)
     temp = fit_temperature(val_logits, val_set.y) if len(val_set) else 1.0
-    plot_curves(history, out / "curves.png", best_epoch)
+    if group.main:
+        plot_curves(history, out / "curves.png", best_epoch)
     return FitResult(model, history, best_epoch, temp, val_logits, r, time.time() - t_start)
+
+
+def keep_rng_in_step(model, x, mine, n: int, group, one_sample: Callable) -> None:
+    """Make a shard draw the dropout masks one process draws for the global batch (models with
+    ``batch_shard``): the masks of all ``n`` rows, for the global batch's longest sample; a rank
+    without a sample (short last batch) runs one sample for nothing to draw them too."""
+    import torch
+
+    t = torch.tensor([int(model.lengths(x).max()) if x is not None else 0], device=group.device)
+    group.max(t)
+    model.batch_shard = (int(mine[0]) if len(mine) else 0, n, int(t[0]))
+    if x is None:
+        with torch.no_grad():
+            model.train_logits(one_sample()) if hasattr(model, "train_logits") else model(one_sample())
+
+
+def batch_loss(model, x, y, cls_w, ls: float, w_any: float, group):
+    """The training loss of this rank's part of a global batch, and its scores (train metrics).
+
+    The loss is cross-entropy on the final scores, plus (anytime loss, weight ``w_any``) on
+    the scores after the first 1, 2, 3, 5, ... packets; ensemble members are each scored.
+    Alone: F.cross_entropy's batch means, as ever. In a group each term is this shard's sum
+    over the term's normaliser (sum of the targets' class weights) over the whole global
+    batch, so the gradients summed over ranks are the one-process gradient of the global
+    mean whatever the shard sizes. ``x`` None: this rank has no sample (a short last batch).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    logits, terms = None, []
+    if x is not None:
+        if w_any > 0 and hasattr(model, "train_logits"):
+            logits, early, mask = model.train_logits(x)
+            ye = y.unsqueeze(1).expand_as(mask)[mask]
+            if logits.dim() == 3:   # (B, K, C): K ensemble members, each on its own loss
+                nk, nc = logits.shape[1], logits.shape[2]
+                terms = [(logits.reshape(-1, nc), y.repeat_interleave(nk)),
+                         (early[mask].reshape(-1, nc), ye.repeat_interleave(nk))]
+                logits = logits.mean(1)
+            else:
+                terms = [(logits, y), (early[mask], ye)]
+        else:
+            logits = model(x)
+            terms = [(logits, y)]
+    if group.world == 1:
+        loss = F.cross_entropy(*terms[0], weight=cls_w, label_smoothing=ls)
+        if len(terms) > 1 and terms[1][1].numel():
+            loss = (1 - w_any) * loss + w_any * F.cross_entropy(*terms[1], weight=cls_w, label_smoothing=ls)
+        return loss, logits
+    anytime = w_any > 0 and hasattr(model, "train_logits")
+    sums, norms = [], torch.zeros(2, dtype=torch.float64, device=group.device)
+    for i, (lg, t) in enumerate(terms):
+        sums.append(F.cross_entropy(lg, t, weight=cls_w, label_smoothing=ls, reduction="sum"))
+        norms[i] = float(cls_w[t].sum()) if cls_w is not None else float(t.numel())
+    norms = group.sum(norms).tolist()
+    if not sums:
+        return torch.zeros(()), logits
+    loss = sums[0] / norms[0]
+    if anytime and norms[1] > 0:
+        loss = (1 - w_any) * loss + w_any * (sums[1] / norms[1])
+    return loss, logits
 
 
 def unknown_threshold(val_logits: np.ndarray, y: np.ndarray, temperature: float, keep: float = 0.9) -> float:

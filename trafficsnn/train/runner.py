@@ -294,8 +294,16 @@ def split_samples(ds: SampleSet, opts: TrainOptions) -> tuple[np.ndarray, dict]:
     return side, man
 
 
-def fit_predictor(train: SampleSet, val: SampleSet, opts: TrainOptions, out: Path) -> tuple[Predictor, dict]:
-    """Fit one model kind on ``train`` (selecting on ``val``) and save it into ``out``."""
+def fit_predictor(train: SampleSet, val: SampleSet, opts: TrainOptions, out: Path,
+                  group=None) -> tuple[Predictor, dict]:
+    """Fit one model kind on ``train`` (selecting on ``val``) and save it into ``out``.
+
+    ``group``: a ``distributed.Group`` when this is one rank of ``train --nproc`` (torch
+    models only); rank 0 alone saves.
+    """
+    from .distributed import SINGLE
+
+    group = group or SINGLE
     from .loop import TrainConfig, calibration_summary, fit_torch, seed_everything, unknown_threshold
 
     out.mkdir(parents=True, exist_ok=True)
@@ -331,7 +339,8 @@ def fit_predictor(train: SampleSet, val: SampleSet, opts: TrainOptions, out: Pat
         def make_input(ds, idx, device):
             return ds.batch(idx, device=device)
 
-        res = fit_torch(model, make_input, train, val, cfg, out, resume=opts.resume, clamp=model.clamp_parameters)
+        res = fit_torch(model, make_input, train, val, cfg, out, resume=opts.resume, clamp=model.clamp_parameters,
+                        group=group)
         from ..snn.checkpoint import save_checkpoint
 
         spec = {"preset": opts.preset, "model_kind": "snn", **common, "temperature": res.temperature,
@@ -340,7 +349,8 @@ def fit_predictor(train: SampleSet, val: SampleSet, opts: TrainOptions, out: Pat
                 "training": {"recipe": res.recipe, "best_epoch": res.best_epoch, "epochs_run": len(res.history),
                              "seed": opts.seed, "seconds": round(res.seconds, 1), "split": opts.split}}
         model.cpu()
-        save_checkpoint(out, model, spec)
+        if group.main:
+            save_checkpoint(out, model, spec)
         pred = Predictor("snn", list(train.classes), train.encoding, res.temperature, spec, model, "cpu")
         return pred, {"history": res.history, "best_epoch": res.best_epoch}
     if opts.model == "mlp":
@@ -353,23 +363,34 @@ def fit_predictor(train: SampleSet, val: SampleSet, opts: TrainOptions, out: Pat
         def make_input(ds, idx, device):
             return mlp_inputs(ds, idx, opts.mlp_pool, device)
 
-        res = fit_torch(model, make_input, train, val, cfg, out, resume=opts.resume)
+        res = fit_torch(model, make_input, train, val, cfg, out, resume=opts.resume, group=group)
         model.cpu()
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
+        if group.main:
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
         spec = {"format": BASELINE_FORMAT, "model_kind": "mlp", "preset": opts.preset, **common,
                 "mlp": model.config, "mlp_pool": opts.mlp_pool, "temperature": res.temperature,
                 "calibration": calibration_summary(res.val_logits, val.y, res.temperature),
                 "training": {"recipe": res.recipe, "best_epoch": res.best_epoch, "epochs_run": len(res.history),
                              "seed": opts.seed}}
-        (out / "model.json").write_text(json.dumps(spec, indent=1, default=str))
+        if group.main:
+            (out / "model.json").write_text(json.dumps(spec, indent=1, default=str))
         pred = Predictor("mlp", list(train.classes), train.encoding, res.temperature, spec, model, "cpu",
                          opts.mlp_pool)
         return pred, {"history": res.history, "best_epoch": res.best_epoch}
     raise ConfigError(f"unknown model kind {opts.model!r} (use snn, mlp or gbt)")
 
 
-def train_run(data: str | Path, out: str | Path, opts: TrainOptions) -> dict:
-    """Build samples, split, fit, save the model and a test report; returns a summary dict."""
+def train_run(data: str | Path, out: str | Path, opts: TrainOptions, group=None) -> dict:
+    """Build samples, split, fit, save the model and a test report; returns a summary dict.
+
+    ``group``: this process is one rank of ``train --nproc`` (``distributed.launch``):
+    every rank trains, rank 0 alone writes files and scores the test side.
+    """
+    from .distributed import SINGLE
+
+    group = group or SINGLE
+    if group.world > 1 and opts.model not in ("snn", "mlp"):
+        raise ConfigError(f"--model {opts.model} trains in one process (no --nproc)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     from ..snn.presets import PRESETS
@@ -382,17 +403,20 @@ def train_run(data: str | Path, out: str | Path, opts: TrainOptions) -> dict:
     side, man = split_samples(ds, opts)
     damaged = ds.summary.get("damaged_captures", {})   # cut or unreadable captures: which and why
     man["damaged_captures"] = damaged
-    save_manifest(out / "split.json", man)
+    if group.main:
+        save_manifest(out / "split.json", man)
     train, val, test = (ds.subset(np.flatnonzero(side == s)) for s in range(3))
     if len(train) == 0:
         raise ConfigError("the split left no training samples (too few captures?)")
-    pred, info = fit_predictor(train, val, opts, out)
+    pred, info = fit_predictor(train, val, opts, out, group)
     summary: dict[str, Any] = {"model": str(out), "model_kind": opts.model, "preset": opts.preset,
                                "samples": {"train": len(train), "val": len(val), "test": len(test)},
                                "classes": ds.classes, "split": man["kind"], "seed": opts.seed,
                                "damaged_captures": damaged}
     meta = {"model": str(out), "data": str(data), "preset": opts.preset, "model_kind": opts.model,
             "subset": "test side of split.json", "max_packets": opts.max_packets, "damaged_captures": damaged}
+    if not group.main:
+        return summary
     if len(test):
         rep = evaluation_report(pred.logits(test), test, pred.temperature, "test")
         write_report(rep, out / "test_report", meta)
