@@ -221,3 +221,94 @@ def test_kernel_matches_numpy_at_scale_with_compaction(policy):
     sa, sb = (dict(t.stats) for t in tables.values())
     sa.pop("hash_collisions"), sb.pop("hash_collisions")
     assert sa == sb and sa["evicted"] > 0 and sa["ended"]["fin"] > 0
+
+
+def _rst_after_idle(n: int, t: float, flags: int) -> PacketBatch:
+    i = np.arange(n, dtype=np.uint64)
+    return PacketBatch.from_columns(
+        ts=np.full(n, t), src_hi=np.zeros(n), src_lo=0xFFFF0A000000 + i, dst_hi=np.zeros(n),
+        dst_lo=np.full(n, 0xFFFF0B000001), sport=np.full(n, 40000), dport=np.full(n, 443), proto=np.full(n, 6),
+        ip_len=np.full(n, 60), wire_len=np.full(n, 74), tcp_flags=np.full(n, flags), vlan=np.zeros(n),
+        ip_version=np.full(n, 4))
+
+
+@needs_c
+def test_every_packet_ending_two_flows_is_handled():
+    """Each packet of the second batch ends its key's idle flow *and* (RST) the flow it opens: 2 ends per
+    packet (the kernel's end list once had room for one per packet: a heap overflow on crafted input)."""
+    n = 3000
+    res = {}
+    for kernel in ("numpy", "c"):
+        t = FlowTable(kernel=kernel, idle_timeout=120.0)
+        t.add(_rst_after_idle(n, 0.0, 0x10))
+        ended = t.add(_rst_after_idle(n, 200.0, 0x04))
+        res[kernel] = sorted((f.flow_id, f.end_reason, len(f.ts)) for f in ended)
+        assert len(t) == 0 and t.live_flows == 0 and not t.flush()
+    assert len(res["c"]) == 2 * n
+    assert res["c"] == res["numpy"]
+
+
+@needs_c
+def test_cache_is_private_under_umask_002_and_symlinks_cannot_redirect_it(monkeypatch, tmp_path):
+    """The default cache made under umask 002 (user-private groups) is usable: each folder made 0700;
+    a cache reached through a symlink is checked where it really is."""
+    import os
+
+    from trafficsnn import _native
+
+    monkeypatch.delenv("TRAFFICSNN_CACHE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir(mode=0o700)
+    old = os.umask(0o002)
+    try:
+        lib = _native.build("probe", "int f(void) { return 3; }")
+    finally:
+        os.umask(old)
+    assert lib.f() == 3
+    for p in (tmp_path / "home" / ".cache", tmp_path / "home" / ".cache" / "trafficsnn"):
+        assert (p.stat().st_mode & 0o777) == 0o700
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    (shared / "c").mkdir(mode=0o700)
+    (tmp_path / "link").symlink_to(shared / "c")     # looks private, lies in a folder anyone can write
+    monkeypatch.setenv("TRAFFICSNN_CACHE", str(tmp_path / "link"))
+    with pytest.raises(_native.NativeUnavailable, match="other users can write"):
+        _native.build("probe", "int f(void) { return 3; }")
+
+
+@needs_c
+def test_temp_fallback_refuses_a_planted_symlink_and_a_damaged_library_is_rebuilt(monkeypatch, tmp_path):
+    import os
+    import tempfile
+
+    from trafficsnn import _native
+
+    monkeypatch.delenv("TRAFFICSNN_CACHE", raising=False)
+    home = tmp_path / "ro-home"
+    home.mkdir(mode=0o500)                            # read-only home: the temp fallback is used
+    monkeypatch.setenv("HOME", str(home))
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    tmp.chmod(0o1777)
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp))
+    planted = tmp_path / "attacker"
+    planted.mkdir(mode=0o700)
+    fallback = tmp / f"trafficsnn-kernels-{os.geteuid()}"
+    fallback.symlink_to(planted)
+    if os.geteuid() == 0:                             # root may write a 0500 home: make it really fail
+        monkeypatch.setattr(_native, "_mkdirs_private", lambda d: (_ for _ in ()).throw(PermissionError(13, "ro")))
+    with pytest.raises((_native.NativeUnavailable, OSError)):
+        _native.build("probe", "int f(void) { return 5; }")
+    fallback.unlink()
+    lib = _native.build("probe", "int f(void) { return 5; }")
+    assert lib.f() == 5 and fallback.is_dir() and not fallback.is_symlink()
+    import hashlib
+
+    src = "int f(void) { return 6; }"                 # a library not loaded yet (never rewrite a mapped one)
+    key = hashlib.sha256("\0".join((src, _native.cpu_tag(), "-O3")).encode()).hexdigest()[:16]
+    damaged = fallback / f"probe_{key}.so"
+    damaged.write_bytes(b"not an ELF file")           # e.g. cut short by a full disk: rebuilt once, then loaded
+    damaged.chmod(0o755)
+    assert _native.build("probe", src).f() == 6
+    assert damaged.read_bytes()[:4] == b"\x7fELF"

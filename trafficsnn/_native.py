@@ -47,10 +47,10 @@ def cpu_tag() -> str:
 
 
 def _check_private_dir(d: Path) -> None:
-    """``d`` and every folder above it: owned by us or root, not writable by others (sticky /tmp is fine
-    above ``d`` itself, since there nobody else can rename our entries)."""
+    """``d`` (already resolved: no symlink left to re-point) and every folder above it: owned by us or
+    root, not writable by others (sticky /tmp is fine above ``d`` itself, since there nobody else can
+    rename our entries)."""
     uid = os.geteuid()
-    d = d.resolve()
     st = os.lstat(d)
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or st.st_mode & 0o022:
         raise NativeUnavailable(f"kernel cache {d} is not a folder owned by this user and writable only by "
@@ -69,18 +69,52 @@ def _check_private_file(f: Path) -> None:
                                 f"only by it; refusing to load it (delete it to rebuild)")
 
 
+def _mkdirs_private(d: Path) -> None:
+    """Create ``d`` and any missing folder above it, each 0700 (``mkdir(parents=True)`` would give the
+    parents the umask's mode: 0775 under the common umask 002, which the check then refuses)."""
+    missing = []
+    p = d
+    while not os.path.lexists(p):
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    for p in reversed(missing):
+        try:
+            os.mkdir(p, 0o700)
+        except FileExistsError:
+            pass
+
+
 def _private_cache() -> Path:
-    """The cache folder, created private (0700); a read-only home falls back to a per-user temp folder."""
+    """The cache folder, created private (0700) and resolved once (every later use goes through the
+    checked path). Where it cannot be made or is not private (read-only home, a folder from ``sudo -E``,
+    a 0775 folder an older version left), a per-user folder in the temp dir is used instead, which
+    must be a real folder (not a symlink) owned by this user."""
     d = cache_dir()
     try:
-        d.mkdir(parents=True, exist_ok=True, mode=0o700)
-    except OSError:
-        import tempfile
+        _mkdirs_private(d)
+        d = d.resolve(strict=True)
+        _check_private_dir(d)
+        return d
+    except (OSError, NativeUnavailable) as exc:
+        if os.environ.get("TRAFFICSNN_CACHE"):
+            raise           # a folder the user chose: say what is wrong with it rather than go elsewhere
+        first = exc
+    import tempfile
 
-        d = Path(tempfile.gettempdir()) / f"trafficsnn-kernels-{os.geteuid()}"
-        d.mkdir(exist_ok=True, mode=0o700)
-    _check_private_dir(d)
-    return d
+    t = Path(tempfile.gettempdir()).resolve() / f"trafficsnn-kernels-{os.geteuid()}"
+    try:
+        os.mkdir(t, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        raise first from None
+    try:
+        _check_private_dir(t)           # lstat: a symlink planted under this name is refused
+    except NativeUnavailable:
+        raise first from None
+    return t
 
 
 def compiler() -> str | None:
@@ -90,7 +124,8 @@ def compiler() -> str | None:
     return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
 
 
-def build(name: str, source: str, *, flags: tuple[str, ...] = ("-O3",), libs: tuple[str, ...] = ()) -> ctypes.CDLL:
+def build(name: str, source: str, *, flags: tuple[str, ...] = ("-O3",), libs: tuple[str, ...] = (),
+          _retry: bool = True) -> ctypes.CDLL:
     """Compile ``source`` (once per source, CPU and flags) and load it; raises ``NativeUnavailable``."""
     key = hashlib.sha256("\0".join((source, cpu_tag(), *flags, *libs)).encode()).hexdigest()[:16]
     d = _private_cache()
@@ -123,7 +158,13 @@ def build(name: str, source: str, *, flags: tuple[str, ...] = ("-O3",), libs: tu
             os.chmod(out, 0o755)
             os.replace(out, target)     # atomic: concurrent builders each install a whole file
     _check_private_file(target)
-    return ctypes.CDLL(str(target))
+    try:
+        return ctypes.CDLL(str(target))
+    except OSError:
+        if _retry:       # a damaged cached library (disk full mid-write by an older version...): rebuild once
+            target.unlink(missing_ok=True)
+            return build(name, source, flags=flags, libs=libs, _retry=False)
+        raise
 
 
 def load(name: str, source: str, *, what: str, fallback: str, **kw) -> ctypes.CDLL | None:
@@ -147,18 +188,25 @@ class Lazy:
         self.setup, self.flags = setup, flags
         self._lib: ctypes.CDLL | None = None
         self._tried = False
+        self.why = ""                   # why the C path is unavailable, once tried
         self._lock = threading.Lock()
 
     def get(self) -> ctypes.CDLL | None:
         if not self._tried:
             with self._lock:
                 if not self._tried:
-                    lib = load(self.name, self.source.read_text(), what=self.what, fallback=self.fallback,
-                               flags=self.flags)
+                    try:
+                        lib = build(self.name, self.source.read_text(), flags=self.flags)
+                    except (NativeUnavailable, OSError) as exc:
+                        self.why = str(exc)
+                        warnings.warn(f"{self.what} unavailable ({exc}); using {self.fallback}",
+                                      RuntimeWarning, stacklevel=2)
+                        lib = None
                     if lib is not None and self.setup is not None:
                         try:
                             self.setup(lib)
                         except (NativeUnavailable, AttributeError) as exc:
+                            self.why = f"unusable: {exc}"
                             warnings.warn(f"{self.what} unusable ({exc}); using {self.fallback}",
                                           RuntimeWarning, stacklevel=2)
                             lib = None
@@ -182,6 +230,6 @@ class Lazy:
         if self.get() is None:
             if kernel == "c":
                 raise RuntimeError(f"{self.what} was asked for ({ENV_FLOWS}=c or kernel='c') but cannot be "
-                                   f"built here: install a C compiler (cc) or unset {ENV_FLOWS}")
+                                   f"used here ({self.why}); fix that or unset {ENV_FLOWS}")
             return False
         return True

@@ -85,8 +85,9 @@ def ingest(table, batch) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
                    HASH_MASK, int(table.idle_timeout is not None), int(table.active_timeout is not None)],
                   np.int64)
     dp = np.array([table.idle_timeout or 0.0, table.active_timeout or 0.0, table.fin_grace])
-    end_slot = np.empty(n, np.int64)
-    end_code = np.empty(n, np.int8)
+    # a packet can end two flows: the live one it times out, then (RST) the one it opens
+    end_slot = np.empty(2 * n, np.int64)
+    end_code = np.empty(2 * n, np.int8)
     touched = np.empty(n, np.int64)
     if len(table._scratch) < 64 * n:        # kept: fresh pages each batch cost more than the work
         table._scratch = np.empty(64 * n, np.uint8)
