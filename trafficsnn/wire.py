@@ -190,7 +190,7 @@ def encode_updates(updates: UpdateBlock | Sequence[FlowUpdate], *, sensor: str =
     A block is sent as it is (its records and packet columns become the frames, no work per
     update) with the ``wall`` times it holds. For objects, ``walls[i]`` is the sender's wall
     clock when update i's last packet was read (for end-to-end latency); defaults to
-    ``sent_wall``. ``walls`` given with a block replaces the block's.
+    ``sent_wall``, as do a block's walls left at 0. ``walls`` given with a block replaces the block's.
     """
     if isinstance(updates, UpdateBlock):
         block = updates
@@ -198,6 +198,11 @@ def encode_updates(updates: UpdateBlock | Sequence[FlowUpdate], *, sensor: str =
             block = UpdateBlock(block.meta.copy(), block.offsets, block.ts, block.size, block.direction,
                                 block.tcp_flags)
             block.meta["wall"] = walls
+        elif sent_wall and len(block) and not block.meta["wall"].all():   # unset walls mean "as sent"
+            block = UpdateBlock(block.meta.copy(), block.offsets, block.ts, block.size, block.direction,
+                                block.tcp_flags)
+            w = block.meta["wall"]
+            w[w == 0] = sent_wall
     else:
         block = UpdateBlock.from_updates(updates, walls, default_wall=sent_wall)
     n, n_packets = len(block), block.n_packets

@@ -61,10 +61,12 @@ def write_table(verdicts: list[dict], out: str, *, fmt: str | None = None, zeek_
             from ..flows.store import _need_pyarrow
 
             _need_pyarrow()
-            import pyarrow as pa
             import pyarrow.parquet as pq
 
-            pq.write_table(pa.table({k: pa.array(v) for k, v in cols.items()}), str(tmp), compression="zstd")
+            from ..serve.parquet_sink import verdict_arrow_table
+
+            pq.write_table(verdict_arrow_table(verdicts, zeek_names=zeek_names, probabilities=probabilities),
+                           str(tmp), compression="zstd")
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)

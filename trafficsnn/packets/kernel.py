@@ -61,6 +61,11 @@ def eth_decode(d: np.ndarray, off: np.ndarray, caplen: np.ndarray, wire: np.ndar
     off = np.ascontiguousarray(off, dtype=np.int64)
     caplen = np.ascontiguousarray(caplen, dtype=np.uint32)
     wire = np.ascontiguousarray(wire, dtype=np.uint32)
+    # the C code reads only inside [off, off + caplen): check that this lies inside ``d`` for every frame
+    # (the readers guarantee it; a hand-built FrameBatch need not), one vectorised pass
+    if len(off) and (int(off.min()) < 0 or int((off + caplen).max()) > d.nbytes or len(caplen) != len(off)
+                     or len(wire) != len(off)):
+        raise ValueError("frame offsets/lengths reach outside the data buffer")
     c = cols
     KERNEL.get().eth_decode(len(off), d.ctypes.data, off.ctypes.data, caplen.ctypes.data, wire.ctypes.data,
                             pcode.ctypes.data, tunnel.ctypes.data, elig.ctypes.data,

@@ -18,6 +18,9 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import re
+import secrets
+import socket
 import threading
 import time
 from datetime import datetime, timezone
@@ -27,6 +30,10 @@ from typing import Any
 from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.]+", "_", text)[:40] or "host"
 
 
 class ParquetDirSink:
@@ -60,6 +67,9 @@ class ParquetDirSink:
         self._rows: list[dict[str, Any]] = []
         self._opened = clock()
         self._seq = 0
+        # host, pid and a random token: shards in containers (all pid 1) sharing one folder, or a restart
+        # within the same second, never pick an existing name (and a part is never overwritten anyway)
+        self._tag = f"{_safe(socket.gethostname())}-{os.getpid()}-{secrets.token_hex(3)}"
         self._lock = threading.Lock()
         self._jobs: queue.Queue = queue.Queue(maxsize=2)
         self._in_writer = 0                 # rows handed to the writer and not yet on disk
@@ -68,6 +78,7 @@ class ParquetDirSink:
         self.dropped = 0                    # rows given up (disk failing or behind beyond max_pending)
         self.errors = 0                     # failed part writes (rows kept and retried)
         self._last_error_log = 0.0
+        self._closing = False               # at shutdown a failed part is counted as dropped, not retried
         self._thread = threading.Thread(target=self._writer, name="parquet-sink", daemon=True)
         self._thread.start()
 
@@ -87,18 +98,25 @@ class ParquetDirSink:
             self._cut()
 
     def close(self, timeout: float = 30.0) -> None:
-        """Cut what is held and wait (bounded) for the writer to put it on disk."""
-        while self._rows and self._cut(block=True):
+        """Cut what is held and wait (bounded) for the writer to put it on disk; what does not get
+        there (a failing disk, a writer stuck past ``timeout``) is counted in ``dropped``."""
+        deadline = time.monotonic() + timeout
+        self._closing = True
+        for _ in range(-(-len(self._rows) // self.max_rows)):
+            if not self._cut(block=True, timeout=max(0.0, deadline - time.monotonic())):
+                break
+        try:
+            self._jobs.put(None, timeout=max(0.0, deadline - time.monotonic()))
+            self._thread.join(max(0.0, deadline - time.monotonic()))
+        except queue.Full:
             pass
-        self._jobs.put(None)
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            log.warning("--parquet %s: writer still busy after %.0f s at exit", self.folder, timeout)
         with self._lock:
-            lost = len(self._rows)
-            if lost:    # the last part failed: say how much never reached the disk
-                self.dropped += lost
-                self._rows.clear()
+            lost = len(self._rows) + (self._in_writer if self._thread.is_alive() else 0)
+            self.dropped += len(self._rows)
+            self._rows.clear()
+            if self._thread.is_alive():     # stuck (hung NFS...): what it holds is given up too
+                self.dropped += self._in_writer
+                self._in_writer = 0
         if lost:
             log.error("--parquet %s: %d verdict row(s) could not be written at exit", self.folder, lost)
 
@@ -114,7 +132,7 @@ class ParquetDirSink:
             del self._rows[:n]
             self.dropped += n
 
-    def _cut(self, block: bool = False) -> bool:
+    def _cut(self, block: bool = False, timeout: float | None = 30.0) -> bool:
         """Hand the oldest rows (at most ``max_rows``) to the writer; False when the writer is behind."""
         with self._lock:
             if not self._rows:
@@ -126,7 +144,7 @@ class ParquetDirSink:
             self._seq += 1
             seq = self._seq
         try:
-            self._jobs.put((rows, opened, seq), block=block, timeout=30 if block else None)
+            self._jobs.put((rows, opened, seq), block=block, timeout=timeout if block else None)
             return True
         except queue.Full:      # the writer is behind: keep the rows here, try again at the next cut
             with self._lock:
@@ -137,7 +155,7 @@ class ParquetDirSink:
 
     def _name(self, opened: float, seq: int) -> str:
         stamp = datetime.fromtimestamp(opened, timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        return f"verdicts-{stamp}-{os.getpid()}-{seq:06d}.parquet"
+        return f"verdicts-{stamp}-{self._tag}-{seq:06d}.parquet"
 
     def _writer(self) -> None:
         while True:
@@ -156,8 +174,11 @@ class ParquetDirSink:
                 with self._lock:
                     self._in_writer -= len(rows)
                     self.errors += 1
-                    self._rows[:0] = rows       # retried with the next part
-                    self._bound()
+                    if self._closing:
+                        self.dropped += len(rows)
+                    else:
+                        self._rows[:0] = rows   # retried with the next part
+                        self._bound()
                 now = time.monotonic()
                 if now - self._last_error_log > 60:
                     self._last_error_log = now
@@ -165,15 +186,44 @@ class ParquetDirSink:
                               "rotation", self.folder, name, err, len(rows))
 
     def _write_part(self, rows: list[dict], path: Path) -> None:
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        from ..api import verdict_table
-
-        cols = verdict_table(rows, zeek_names=self.zeek_names)
         tmp = path.with_name(f".{path.name}.tmp")
         try:
-            pq.write_table(pa.table({k: pa.array(v) for k, v in cols.items()}), str(tmp), compression="zstd")
-            os.replace(tmp, path)
+            pq.write_table(verdict_arrow_table(rows, zeek_names=self.zeek_names), str(tmp), compression="zstd")
+            try:
+                os.link(tmp, path)      # like a rename, but fails rather than replace an existing part
+            except FileExistsError:
+                raise
+            except OSError:             # a file system without hard links
+                if path.exists():
+                    raise FileExistsError(17, "part exists", str(path)) from None
+                os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+
+
+# Arrow types of the verdict columns (api.verdict_row), fixed so that every part of a folder has the same
+# schema: type inference would make a column that is empty in one part (latency_ms at shutdown) a null
+# column there, and the folder would no longer read as one table.
+_INT = ("flow_id", "vlan", "proto", "client_port", "server_port", "packets", "steps")
+_FLOAT = ("confidence", "first_ts", "verdict_ts", "latency_ms")
+_BOOL = ("final", "partial")
+
+
+def verdict_arrow_table(verdicts: list[dict], *, zeek_names: bool = False, probabilities: bool = True):
+    """Verdict dicts -> a pyarrow Table with fixed column types (``p_<class>`` float64, the rest as
+    ``_INT``/``_FLOAT``/``_BOOL`` say, strings otherwise)."""
+    import pyarrow as pa
+
+    from ..api import verdict_table
+    from ..flows.store import ZEEK_NAMES
+
+    cols = verdict_table(verdicts, probabilities=probabilities)
+    arrays = {}
+    for k, v in cols.items():
+        t = (pa.int64() if k in _INT else pa.float64() if k in _FLOAT or k.startswith("p_")
+             else pa.bool_() if k in _BOOL else pa.string())
+        name = (ZEEK_NAMES.get(k, k) if k != "first_ts" else "ts") if zeek_names else k
+        arrays[name] = pa.array(v, type=t)
+    return pa.table(arrays)
