@@ -126,6 +126,11 @@ class StateStore:
         n = st[0].shape[0]
         return torch.cat([t.reshape(n, -1).to(self.dtype) for t in st], dim=1)
 
+    def offsets(self) -> dict[str, int]:
+        """First column of each state tensor in a row, by field name."""
+        starts = np.cumsum([0, *self._widths[:-1]]).tolist()
+        return dict(zip(self._cls._fields, starts))
+
     def unpack(self, x: torch.Tensor) -> Any:
         out, c = [], 0
         n = x.shape[0]
@@ -189,6 +194,7 @@ class StreamingClassifier:
         self.handle = handle
         self.model = handle.model
         self.store = StateStore(self.model, self.max_flows)
+        self._set_stepper()
         self._index: dict[str, dict[int, int]] = {}   # sensor -> flow id -> slot
         self._n_index = 0
         self._free: list[int] = []
@@ -214,6 +220,13 @@ class StreamingClassifier:
             raise ValueError("adopt() needs a model of the same shape; use swap_model()")
         self.handle, self.model = handle, handle.model
         self.store.model = handle.model
+        self._set_stepper()
+
+    def _set_stepper(self) -> None:
+        """The model's compiled all-steps advance where it has one for this slab (else the torch loop)."""
+        make = getattr(self.model, "fused_stepper", None)
+        ok = self.device.type == "cpu" and self.store.slab.dtype == torch.float32
+        self._stepper = make() if make is not None and ok else None
 
     def _grow_slots(self, n: int) -> None:
         old = len(self.live)
@@ -400,7 +413,9 @@ class StreamingClassifier:
         k_of = target[uslots] - done[uslots]
         adv = uslots[k_of > 0]
         n_adv = len(adv)
-        if n_adv:
+        if n_adv and self._stepper is not None:
+            self._advance_fused(adv, k_of[k_of > 0], done[adv], fs, fst, fn, fv)
+        elif n_adv:
             k_adv = k_of[k_of > 0]
             loc = np.full(len(self.live), -1, np.int64)
             loc[adv] = np.arange(n_adv)
@@ -436,6 +451,21 @@ class StreamingClassifier:
             self._release(ended)
         self.last_batch_seconds = time.perf_counter() - t_start
         return verdicts
+
+    def _advance_fused(self, adv: np.ndarray, k_adv: np.ndarray, done: np.ndarray, fs: np.ndarray,
+                       fst: np.ndarray, fn: np.ndarray, fv: np.ndarray) -> None:
+        """All new steps of every advancing flow in one compiled call, in place on the slab."""
+        loc = np.full(len(self.live), -1, np.int64)
+        loc[adv] = np.arange(len(adv))
+        f_loc = loc[fs]
+        if len(f_loc) > 1:
+            df, ds = np.diff(f_loc), np.diff(fst)
+            if not ((df > 0) | ((df == 0) & ((ds > 0) | ((ds == 0) & (np.diff(fn) >= 0))))).all():
+                order = np.lexsort((fn, fst, f_loc))   # by flow, step, neuron: the torch path's sum order
+                f_loc, fst, fn, fv = f_loc[order], fst[order], fn[order], fv[order]
+        off = np.zeros(len(adv) + 1, np.int64)
+        np.cumsum(np.bincount(f_loc, minlength=len(adv)), out=off[1:])
+        self._stepper.run(self.store.slab, self.store.offsets(), adv, done, k_adv, off, fst, fn, fv)
 
     def _expected_seq(self, slots: np.ndarray, lens: np.ndarray) -> np.ndarray:
         """The seq each update should carry if nothing was lost (a running count per flow in the batch)."""

@@ -52,12 +52,17 @@ def _cpu_tag() -> str:
     return hashlib.sha256(model.encode()).hexdigest()[:12]
 
 
-def _build() -> ctypes.CDLL | None:
+def _build(source: str | None = None, stem: str = "lif_kernel") -> ctypes.CDLL | None:
+    """Compile ``source`` (default: the LIF kernel below) once per CPU into the cache; None without a compiler.
+
+    Only the default source gets its argtypes set here; other callers set their own."""
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if not cc:
         return None
-    key = hashlib.sha256((C_SOURCE + _cpu_tag() + platform.machine()).encode()).hexdigest()[:16]
-    target = _cache_dir() / f"lif_kernel_{key}.so"
+    own = source is None
+    source = C_SOURCE if own else source
+    key = hashlib.sha256((source + _cpu_tag() + platform.machine()).encode()).hexdigest()[:16]
+    target = _cache_dir() / f"{stem}_{key}.so"
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError:   # read-only home (e.g. a sandboxed service): build in the temp dir
@@ -65,9 +70,9 @@ def _build() -> ctypes.CDLL | None:
         target.parent.mkdir(parents=True, exist_ok=True)
     if not target.exists():
         with tempfile.TemporaryDirectory() as tmp:
-            src = Path(tmp) / "lif_kernel.c"
-            src.write_text(C_SOURCE)
-            out = Path(tmp) / "lif_kernel.so"
+            src = Path(tmp) / f"{stem}.c"
+            src.write_text(source)
+            out = Path(tmp) / f"{stem}.so"
             flags = ["-O3", "-ffp-contract=off", "-fPIC", "-shared"]
             native = ["-march=native"] if platform.machine() in ("x86_64", "AMD64") else []
             for extra in (native, []):
@@ -76,13 +81,15 @@ def _build() -> ctypes.CDLL | None:
                 if r.returncode == 0:
                     break
             else:
-                warnings.warn(f"could not compile the fused LIF kernel ({r.stderr.strip()[:200]}); "
+                warnings.warn(f"could not compile the fused kernel {stem} ({r.stderr.strip()[:200]}); "
                               "using the slower torch loop", RuntimeWarning, stacklevel=3)
                 return None
             part = target.with_suffix(f".{os.getpid()}.tmp")
             shutil.copyfile(out, part)
             os.replace(part, target)
     lib = ctypes.CDLL(str(target))
+    if not own:
+        return lib
     p, i, d = ctypes.c_void_p, ctypes.c_int, ctypes.c_double
     for sfx in ("f32", "f64"):
         fwd = getattr(lib, f"lif_fwd_{sfx}")
