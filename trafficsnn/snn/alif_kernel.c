@@ -21,6 +21,23 @@
 
 #define MAXH 1024
 
+/* one step of the neurons of a layer and member; writes the new spikes to s and out */
+static void alif_update(int H, float *restrict v, float *restrict a, float *restrict s, float *restrict out,
+                        const float *restrict cur, const float *restrict al, const float *restrict rh,
+                        const float *restrict omr, const float *restrict be, const float *restrict g)
+{
+    for (int h = 0; h < H; h++) {
+        const float thr_prev = 1.0f + be[h] * a[h];
+        const float an = rh[h] * a[h] + omr[h] * s[h];
+        const float vn = (al[h] * v[h] + g[h] * cur[h]) - thr_prev * s[h];
+        const float sn = (vn - (1.0f + be[h] * an)) > 0.0f ? 1.0f : 0.0f;
+        a[h] = an;
+        v[h] = vn;
+        s[h] = sn;
+        out[h] = sn;
+    }
+}
+
 void alif_stream_f32(int n_flows, const int64_t *rows, const int64_t *done, const int64_t *k,
                      const int64_t *off, const int64_t *ev_step, const int64_t *ev_neuron, const float *ev_value,
                      float *slab, int64_t width, int L, int K, int H, int N, int recurrent, int skip,
@@ -30,6 +47,7 @@ void alif_stream_f32(int n_flows, const int64_t *rows, const int64_t *done, cons
                      const float *gain, const float *kappa, const float *one_m_kappa)
 {
     float cur[MAXH], acc[MAXH], inp[MAXH];
+    int idx[MAXH];
     const int64_t LKH = (int64_t)L * K * H;
     (void)LKH;
     for (int f = 0; f < n_flows; f++) {
@@ -70,27 +88,19 @@ void alif_stream_f32(int n_flows, const int64_t *rows, const int64_t *done, cons
                     }
                     if (recurrent) {
                         const float *wr = w_rec + lk * H;
+                        int nz = 0;
+                        for (int j = 0; j < H; j++) {   /* spikes are exactly 0 or 1 */
+                            idx[nz] = j;
+                            nz += s[j] != 0.0f;
+                        }
                         for (int h = 0; h < H; h++) acc[h] = 0.0f;
-                        for (int j = 0; j < H; j++)
-                            if (s[j] != 0.0f) {
-                                const float *w = wr + (int64_t)j * H;
-                                const float x = s[j];
-                                for (int h = 0; h < H; h++) acc[h] = acc[h] + x * w[h];
-                            }
+                        for (int q = 0; q < nz; q++) {
+                            const float *restrict w = wr + (int64_t)idx[q] * H;
+                            for (int h = 0; h < H; h++) acc[h] = acc[h] + w[h];
+                        }
                         for (int h = 0; h < H; h++) cur[h] = cur[h] + acc[h];
                     }
-                    const float *al = alpha + lk, *rh = rho + lk, *omr = one_m_rho + lk, *be = beta + lk,
-                                *g = gain + lk;
-                    for (int h = 0; h < H; h++) {
-                        const float thr_prev = 1.0f + be[h] * a[h];
-                        const float an = rh[h] * a[h] + omr[h] * s[h];
-                        const float vn = (al[h] * v[h] + g[h] * cur[h]) - thr_prev * s[h];
-                        const float sn = (vn - (1.0f + be[h] * an)) > 0.0f ? 1.0f : 0.0f;
-                        a[h] = an;
-                        v[h] = vn;
-                        s[h] = sn;
-                        inp[h] = sn;
-                    }
+                    alif_update(H, v, a, s, inp, cur, alpha + lk, rho + lk, one_m_rho + lk, beta + lk, gain + lk);
                 }
                 float *m = M + (int64_t)kk * H, *c = C + (int64_t)kk * H;
                 const float *kp = kappa + (int64_t)kk * H, *omk = one_m_kappa + (int64_t)kk * H;
