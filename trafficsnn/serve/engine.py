@@ -596,13 +596,14 @@ class StreamingClassifier:
         sens = [sensors[i] for i in ui.tolist()]
         mid, sha = h.model_id, h.sha256
         names = [h.label_of(c, p) for c, p in zip(labels, confs)]
-        out = [Verdict(key=FlowKey(*kc), flow_id=fids[n], sensor=sens[n], label=names[n],
-                       extra={"best_class": classes[labels[n]]} if names[n] == UNKNOWN else {},
-                       confidence=confs[n], probabilities=dict(zip(classes, prob_rows[n])), packets=pk[n],
-                       first_ts=st0[n], verdict_ts=now, model_id=mid, model_sha256=sha, final=finals[n],
-                       reason=REASONS[reasons[n]], steps=steps[n], partial=partial[n],
-                       latency_s=(now - walls[n]) if walls[n] > 0 else None)
-               for n, kc in enumerate(zip(*kcols))]
+        bests = [{"best_class": classes[c]} if nm == UNKNOWN else {} for c, nm in zip(labels, names)]
+        lats = [(now - w) if w > 0 else None for w in walls]
+        rsn = [REASONS[r] for r in reasons]
+        # positional, in Verdict's field order (keywords cost twice as much per verdict)
+        out = [Verdict(FlowKey(*kc), fid, se, nm, cf, dict(zip(classes, pr)), p, t0, now, mid, sha, fi, rs, stp, la,
+                       pa, ex)
+               for kc, fid, se, nm, cf, pr, p, t0, fi, rs, stp, la, pa, ex
+               in zip(zip(*kcols), fids, sens, names, confs, prob_rows, pk, st0, finals, rsn, steps, lats, partial, bests)]
         self.emitted[sl] = True
         self.verdicts_by_class.update(names)
         self.counters["verdicts"] += len(out)
