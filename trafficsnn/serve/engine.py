@@ -297,6 +297,8 @@ class StreamingClassifier:
         if not len(need):
             return slots
         fids = keys["flow_id"]
+        if self._place_new(need, slots, keys, sens, seq):
+            return slots
         final = keys["final"]
         restarted = False
         new_flows = missing = 0
@@ -346,6 +348,46 @@ class StreamingClassifier:
                 if slots[i] >= 0:
                     slots[i] = self._index[sens[i]][int(fids[i])]
         return slots
+
+    def _place_new(self, need: np.ndarray, slots: np.ndarray, keys: np.ndarray, sens: list[str],
+                   seq: np.ndarray) -> bool:
+        """The common case of ``_slots_of`` in bulk: every update to place is the first (seq 0) of a flow
+        id not seen before, one sensor, ids distinct, and free slots enough without eviction. The
+        slots are taken in the order the loop takes them. False (nothing done) otherwise."""
+        k = len(need)
+        if (seq[need] != 0).any() or (slots[need] != -1).any() or k > len(self._free) + self.max_flows - self._next:
+            return False
+        sensor = sens[int(need[0])]
+        if k > 1 and any(sens[i] != sensor for i in need.tolist()):
+            return False
+        fid = keys["flow_id"][need]
+        if len(np.unique(fid)) != k:
+            return False
+        nf = min(len(self._free), k)
+        got = self._free[len(self._free) - nf:][::-1] if nf else []
+        if nf:
+            del self._free[len(self._free) - nf:]
+        fresh = np.arange(self._next, self._next + k - nf, dtype=np.int64)
+        if len(fresh):
+            self._next += len(fresh)
+            self._grow_slots(self._next)
+            self.store.ensure(self._next - 1)
+        new = np.concatenate([np.array(got, np.int64), fresh])
+        sl, fl = new.tolist(), fid.tolist()
+        self._index[sensor].update(zip(fl, sl))
+        self._keys.update(zip(sl, [(sensor, f) for f in fl]))
+        self._n_index += k
+        self.live[new] = True
+        self.start_ts[new] = keys["start_ts"][need]
+        self.prev_ts[new] = np.nan
+        self.steps_done[new] = 0
+        self.packets[new] = 0
+        self.emitted[new] = False
+        self.partial[new] = False
+        self.last_used[new] = self._tick
+        slots[need] = new
+        self.counters["flows"] += k
+        return True
 
     def process(self, batches: Sequence[UpdateBatch], now: float | None = None) -> list[Verdict]:
         """Advance every flow of these decoded messages; returns the verdicts the policy emits."""
