@@ -500,6 +500,9 @@ class StreamingClassifier:
         loc = np.full(len(self.live), -1, np.int64)
         loc[adv] = np.arange(len(adv))
         f_loc = loc[fs]
+        if (f_loc < 0).any():   # events of flows with no new step (none from a well-behaved encoder): ignored,
+            k = f_loc >= 0      # as the torch loop ignores them
+            f_loc, fst, fn, fv = f_loc[k], fst[k], fn[k], fv[k]
         if len(f_loc) > 1:
             df, ds = np.diff(f_loc), np.diff(fst)
             if not ((df > 0) | ((df == 0) & ((ds > 0) | ((ds == 0) & (np.diff(fn) >= 0))))).all():
