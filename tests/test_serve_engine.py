@@ -187,3 +187,32 @@ def test_unknown_verdict_below_the_models_threshold(packet_handle):
     logits = np.array([[3.0, 0, 0], [0.2, 0, 0], [0, 2.0, 0], [0, 0, 0.1], [1.0, 0, 0]])
     t = unknown_threshold(logits, np.array([0, 0, 1, 0, 2]), 1.0)
     assert 0.33 < t < 0.5
+
+
+def test_new_flows_placed_in_bulk_exactly_as_one_by_one(handle, monkeypatch):
+    """The bulk placement of new flows takes the very slots the per-flow loop takes (free list first,
+    newest freed first), so states, eviction order and verdicts do not depend on which path ran."""
+    rng = np.random.default_rng(7)
+    flows = [_flow(rng, fid, int(rng.integers(1, 12)), 3.0) for fid in range(60)]
+    ups = [_updates(k, fid, ts, size, d, sorted({int(c) for c in rng.integers(1, max(2, len(ts)), 2)} - {len(ts)}))
+           for fid, (k, ts, size, d) in enumerate(flows)]
+    # rounds: new flows arrive while earlier ones end, freeing slots; a small table makes eviction happen;
+    # one round mixes a flow's first and second update and two sensors (the per-flow loop's cases)
+    rounds = [[u[0] for u in ups[:20]], [u[0] for u in ups[20:35]] + [u[1] for u in ups[:20] if len(u) > 1],
+              [u[0] for u in ups[35:50]], [u for us in ups[50:] for u in us]]
+
+    def run(bulk: bool):
+        eng = StreamingClassifier(handle, max_flows=40, emit="update", min_confidence=0.0)
+        if not bulk:
+            monkeypatch.setattr(eng, "_place_new", lambda *a: False)
+        out = []
+        for r, us in enumerate(rounds):
+            msgs = [wire.decode(wire.encode_updates(us, sensor="a"))]
+            if r == 3:
+                msgs.append(wire.decode(wire.encode_updates([ups[0][0]], sensor="b")))
+            out += [(v.sensor, v.flow_id, v.label, v.packets, round(v.confidence, 6)) for v in eng.process(msgs, now=0.0)]
+        return out, {s: dict(d) for s, d in eng._index.items()}, list(eng._free), eng._next, dict(eng.counters)
+
+    bulk, loop = run(True), run(False)
+    assert bulk == loop
+    assert bulk[4]["state_evicted"] > 0 and bulk[4]["flows_ended"] > 0 and len(bulk[0]) > 50

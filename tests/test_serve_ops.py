@@ -148,6 +148,12 @@ def test_verdict_json_fast_path_matches_to_dict():
                     model_sha256="ab" * 32, final=fin, reason="idle" if fin else "", steps=4, latency_s=lat)
         assert json.loads(v.to_json()) == v.to_dict()
         assert v.to_dict()["flow"]["client"] == ip
+    # class names are escaped (a "%" in one must not break the probabilities' format), NaN is null
+    for probs in ({'100% "x"': 0.5, "b": 0.25}, {'100% "x"': float("nan"), "b": float("inf")}):
+        v = Verdict(key=FlowKey(0, 6, *ip_to_words("10.0.0.1"), 1, *ip_to_words("10.0.0.2"), 2), flow_id=1,
+                    sensor="s", label="b", confidence=0.25, probabilities=probs, packets=1, first_ts=1.0,
+                    verdict_ts=2.0, model_id="m", model_sha256="00")
+        assert json.loads(v.to_json()) == v.to_dict()
 
 
 def test_bpf_filter_on_capture_files(tmp_path):

@@ -158,3 +158,40 @@ def test_perturb_drops_whole_packets_renumbers_and_jitters_within_groups():
     assert (ne3[~size & (neuron < OFF_FLAGS)] >= OFF_GAP).all()
     assert (ne3[neuron >= OFF_FLAGS] == neuron[neuron >= OFF_FLAGS]).all()
     assert (ne3 != neuron).mean() > 0.3
+
+
+def test_stream_events_of_many_flows_sorted_and_as_coded_packet_by_packet():
+    """Several flows in one call, some past the window: each packet's events as the module docstring
+    codes them, ordered by (flow, step, neuron), the order the fused serving step sums in."""
+    from trafficsnn.snn.packet_encoding import FLAG_BITS, N_SIZE, OFF_FLAGS, OFF_GAP, OFF_PROTO, size_bins
+
+    rng = np.random.default_rng(4)
+    enc = PacketEncoder(16)
+    n = 5
+    counts = rng.integers(0, 12, n)
+    f = np.repeat(np.arange(n), counts)
+    ts = np.concatenate([np.sort(rng.uniform(0, 5, c)) for c in counts])
+    size = rng.integers(20, 1500, len(f)).astype(np.uint32)
+    d = rng.integers(0, 2, len(f)).astype(np.uint8)
+    fl = rng.choice([0, 0x10, 0x18, 0x02, 0x11, 0x04, 0x0F], len(f)).astype(np.uint8)
+    done = np.array([0, 3, 10, 15, 16])
+    prev = np.where(done > 0, -1.0, np.nan)
+    proto = np.array([6, 17, 6, 47, 6])
+    ipv6 = np.array([False, True, False, False, True])
+    ev = enc.stream(StreamInput(f, ts, size, d, fl, np.zeros(n), prev, done, proto, ipv6, np.zeros(n, bool)))
+    want = []
+    for i in range(len(f)):
+        g = f[i]
+        r = i - np.flatnonzero(f == g)[0]
+        step = done[g] + r
+        if step >= 16:
+            continue
+        p = ts[i - 1] if r else prev[g]
+        nn_ = [int(d[i]) * N_SIZE + int(size_bins(payload_length([size[i]], [proto[g]], [ipv6[g]]))[0]),
+               OFF_GAP + int(gap_bins(np.array([ts[i] - p]))[0])]
+        nn_ += [OFF_FLAGS + j for j, (_, bit) in enumerate(FLAG_BITS) if fl[i] & bit]
+        nn_.append(OFF_PROTO + {6: 0, 17: 1}.get(int(proto[g]), 2))
+        want += [(g, step, x) for x in sorted(nn_)]
+    assert list(zip(ev.flow.tolist(), ev.step.tolist(), ev.neuron.tolist())) == want
+    assert ev.after_window == len(f) - len({(g, s) for g, s, _ in want})
+    np.testing.assert_array_equal(ev.target, done + np.minimum(counts, np.maximum(16 - done, 0)))

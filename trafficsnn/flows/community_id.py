@@ -106,6 +106,13 @@ def key_community_id(proto: int, client_hi: int, client_lo: int, client_port: in
     a, b = _key_bytes(client_hi, client_lo), _key_bytes(server_hi, server_lo)
     if len(a) != len(b):   # never seen on a real flow: hash both as 16-byte (IPv4-mapped) addresses
         a, b = struct.pack("!QQ", client_hi, client_lo), struct.pack("!QQ", server_hi, server_lo)
+    if (proto == PROTO_TCP or proto == PROTO_UDP) and seed == 0:
+        # the daemon's case (one ID per verdict): community_id()'s steps without its argument checks
+        # (struct.pack still refuses out-of-range ports)
+        if not (a < b or (a == b and client_port < server_port)):
+            a, b, client_port, server_port = b, a, server_port, client_port
+        data = b"\0\0" + a + b + struct.pack("!BBHH", proto, 0, client_port, server_port)
+        return "1:" + base64.b64encode(hashlib.sha1(data).digest()).decode("ascii")
     return community_id(proto, a, b, client_port, server_port, seed=seed)
 
 

@@ -126,6 +126,11 @@ class StateStore:
         n = st[0].shape[0]
         return torch.cat([t.reshape(n, -1).to(self.dtype) for t in st], dim=1)
 
+    def offsets(self) -> dict[str, int]:
+        """First column of each state tensor in a row, by field name."""
+        starts = np.cumsum([0, *self._widths[:-1]]).tolist()
+        return dict(zip(self._cls._fields, starts))
+
     def unpack(self, x: torch.Tensor) -> Any:
         out, c = [], 0
         n = x.shape[0]
@@ -189,6 +194,7 @@ class StreamingClassifier:
         self.handle = handle
         self.model = handle.model
         self.store = StateStore(self.model, self.max_flows)
+        self._set_stepper()
         self._index: dict[str, dict[int, int]] = {}   # sensor -> flow id -> slot
         self._n_index = 0
         self._free: list[int] = []
@@ -214,6 +220,13 @@ class StreamingClassifier:
             raise ValueError("adopt() needs a model of the same shape; use swap_model()")
         self.handle, self.model = handle, handle.model
         self.store.model = handle.model
+        self._set_stepper()
+
+    def _set_stepper(self) -> None:
+        """The model's compiled all-steps advance where it has one for this slab (else the torch loop)."""
+        make = getattr(self.model, "fused_stepper", None)
+        ok = self.device.type == "cpu" and self.store.slab.dtype == torch.float32
+        self._stepper = make() if make is not None and ok else None
 
     def _grow_slots(self, n: int) -> None:
         old = len(self.live)
@@ -284,6 +297,8 @@ class StreamingClassifier:
         if not len(need):
             return slots
         fids = keys["flow_id"]
+        if self._place_new(need, slots, keys, sens, seq):
+            return slots
         final = keys["final"]
         restarted = False
         new_flows = missing = 0
@@ -333,6 +348,46 @@ class StreamingClassifier:
                 if slots[i] >= 0:
                     slots[i] = self._index[sens[i]][int(fids[i])]
         return slots
+
+    def _place_new(self, need: np.ndarray, slots: np.ndarray, keys: np.ndarray, sens: list[str],
+                   seq: np.ndarray) -> bool:
+        """The common case of ``_slots_of`` in bulk: every update to place is the first (seq 0) of a flow
+        id not seen before, one sensor, ids distinct, and free slots enough without eviction. The
+        slots are taken in the order the loop takes them. False (nothing done) otherwise."""
+        k = len(need)
+        if (seq[need] != 0).any() or (slots[need] != -1).any() or k > len(self._free) + self.max_flows - self._next:
+            return False
+        sensor = sens[int(need[0])]
+        if k > 1 and any(sens[i] != sensor for i in need.tolist()):
+            return False
+        fid = keys["flow_id"][need]
+        if len(np.unique(fid)) != k:
+            return False
+        nf = min(len(self._free), k)
+        got = self._free[len(self._free) - nf:][::-1] if nf else []
+        if nf:
+            del self._free[len(self._free) - nf:]
+        fresh = np.arange(self._next, self._next + k - nf, dtype=np.int64)
+        if len(fresh):
+            self._next += len(fresh)
+            self._grow_slots(self._next)
+            self.store.ensure(self._next - 1)
+        new = np.concatenate([np.array(got, np.int64), fresh])
+        sl, fl = new.tolist(), fid.tolist()
+        self._index[sensor].update(zip(fl, sl))
+        self._keys.update(zip(sl, [(sensor, f) for f in fl]))
+        self._n_index += k
+        self.live[new] = True
+        self.start_ts[new] = keys["start_ts"][need]
+        self.prev_ts[new] = np.nan
+        self.steps_done[new] = 0
+        self.packets[new] = 0
+        self.emitted[new] = False
+        self.partial[new] = False
+        self.last_used[new] = self._tick
+        slots[need] = new
+        self.counters["flows"] += k
+        return True
 
     def process(self, batches: Sequence[UpdateBatch], now: float | None = None) -> list[Verdict]:
         """Advance every flow of these decoded messages; returns the verdicts the policy emits."""
@@ -400,7 +455,9 @@ class StreamingClassifier:
         k_of = target[uslots] - done[uslots]
         adv = uslots[k_of > 0]
         n_adv = len(adv)
-        if n_adv:
+        if n_adv and self._stepper is not None:
+            self._advance_fused(adv, k_of[k_of > 0], done[adv], fs, fst, fn, fv)
+        elif n_adv:
             k_adv = k_of[k_of > 0]
             loc = np.full(len(self.live), -1, np.int64)
             loc[adv] = np.arange(n_adv)
@@ -436,6 +493,24 @@ class StreamingClassifier:
             self._release(ended)
         self.last_batch_seconds = time.perf_counter() - t_start
         return verdicts
+
+    def _advance_fused(self, adv: np.ndarray, k_adv: np.ndarray, done: np.ndarray, fs: np.ndarray,
+                       fst: np.ndarray, fn: np.ndarray, fv: np.ndarray) -> None:
+        """All new steps of every advancing flow in one compiled call, in place on the slab."""
+        loc = np.full(len(self.live), -1, np.int64)
+        loc[adv] = np.arange(len(adv))
+        f_loc = loc[fs]
+        if (f_loc < 0).any():   # events of flows with no new step (none from a well-behaved encoder): ignored,
+            k = f_loc >= 0      # as the torch loop ignores them
+            f_loc, fst, fn, fv = f_loc[k], fst[k], fn[k], fv[k]
+        if len(f_loc) > 1:
+            df, ds = np.diff(f_loc), np.diff(fst)
+            if not ((df > 0) | ((df == 0) & ((ds > 0) | ((ds == 0) & (np.diff(fn) >= 0))))).all():
+                order = np.lexsort((fn, fst, f_loc))   # by flow, step, neuron: the torch path's sum order
+                f_loc, fst, fn, fv = f_loc[order], fst[order], fn[order], fv[order]
+        off = np.zeros(len(adv) + 1, np.int64)
+        np.cumsum(np.bincount(f_loc, minlength=len(adv)), out=off[1:])
+        self._stepper.run(self.store.slab, self.store.offsets(), adv, done, k_adv, off, fst, fn, fv)
 
     def _expected_seq(self, slots: np.ndarray, lens: np.ndarray) -> np.ndarray:
         """The seq each update should carry if nothing was lost (a running count per flow in the batch)."""
@@ -566,13 +641,14 @@ class StreamingClassifier:
         sens = [sensors[i] for i in ui.tolist()]
         mid, sha = h.model_id, h.sha256
         names = [h.label_of(c, p) for c, p in zip(labels, confs)]
-        out = [Verdict(key=FlowKey(*kc), flow_id=fids[n], sensor=sens[n], label=names[n],
-                       extra={"best_class": classes[labels[n]]} if names[n] == UNKNOWN else {},
-                       confidence=confs[n], probabilities=dict(zip(classes, prob_rows[n])), packets=pk[n],
-                       first_ts=st0[n], verdict_ts=now, model_id=mid, model_sha256=sha, final=finals[n],
-                       reason=REASONS[reasons[n]], steps=steps[n], partial=partial[n],
-                       latency_s=(now - walls[n]) if walls[n] > 0 else None)
-               for n, kc in enumerate(zip(*kcols))]
+        bests = [{"best_class": classes[c]} if nm == UNKNOWN else {} for c, nm in zip(labels, names)]
+        lats = [(now - w) if w > 0 else None for w in walls]
+        rsn = [REASONS[r] for r in reasons]
+        # positional, in Verdict's field order (keywords cost twice as much per verdict)
+        out = [Verdict(FlowKey(*kc), fid, se, nm, cf, dict(zip(classes, pr)), p, t0, now, mid, sha, fi, rs, stp, la,
+                       pa, ex)
+               for kc, fid, se, nm, cf, pr, p, t0, fi, rs, stp, la, pa, ex
+               in zip(zip(*kcols), fids, sens, names, confs, prob_rows, pk, st0, finals, rsn, steps, lats, partial, bests)]
         self.emitted[sl] = True
         self.verdicts_by_class.update(names)
         self.counters["verdicts"] += len(out)

@@ -43,6 +43,17 @@ def _r(x: float) -> str:
     return repr(x) if math.isfinite(x) else "null"
 
 
+@lru_cache(maxsize=256)
+def _probs_format(classes: tuple[str, ...]) -> str:
+    """``"a":%.6f,"b":%.6f,...``: one %-format fills a verdict's probabilities (what ``_f6`` writes each)."""
+    return ",".join(f"{_js(c).replace('%', '%%')}:%.6f" for c in classes)
+
+
+@lru_cache(maxsize=64)
+def _model_json(model_id: str, sha256: str) -> str:
+    return f'"model":{{"id":{_js(model_id)},"sha256":{_js(sha256)}}}'
+
+
 @dataclass
 class Verdict:
     key: FlowKey
@@ -93,7 +104,12 @@ class Verdict:
         if self.extra:
             return json.dumps(self.to_dict(), separators=(",", ":"))
         k = self.key
-        probs = ",".join([f"{_js(c)}:{_f6(p)}" for c, p in self.probabilities.items()])
+        pr = self.probabilities
+        vals = tuple(pr.values())
+        if all(map(math.isfinite, vals)):
+            probs = _probs_format(tuple(pr)) % vals
+        else:
+            probs = ",".join([f"{_js(c)}:{_f6(p)}" for c, p in pr.items()])
         c = flow_community_id(k)
         cid = "null" if c is None else f'"{c}"'   # base64 text: no JSON escaping needed
         lat = "" if self.latency_s is None else f',"latency_ms":{_r(round(self.latency_s * 1e3, 3))}'
@@ -104,7 +120,7 @@ class Verdict:
                 f'"class":{_js(self.label)},"confidence":{_f6(self.confidence)},"probabilities":{{{probs}}},'
                 f'"packets":{self.packets},"first_ts":{_r(self.first_ts)},"verdict_ts":{_r(self.verdict_ts)},'
                 f'"final":{"true" if self.final else "false"},"reason":{_js(self.reason)},"steps":{self.steps},'
-                f'"partial":{"true" if self.partial else "false"},"model":{{"id":{_js(self.model_id)},"sha256":{_js(self.model_sha256)}}}{lat}}}')
+                f'"partial":{"true" if self.partial else "false"},{_model_json(self.model_id, self.model_sha256)}{lat}}}')
 
 
 class Sink(Protocol):

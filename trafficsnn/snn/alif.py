@@ -381,6 +381,17 @@ class RecurrentALIF(nn.Module):
         _, new = self._scan(dense, state)
         return new
 
+    def fused_stepper(self):
+        """The compiled inference step (``alif_fused.FusedALIF``) for serving on CPU, or None where only
+        the torch path applies (training, not float32 on CPU, wide layers, no C compiler)."""
+        from . import alif_fused
+
+        w = self.w_in[0]
+        if self.training or w.device.type != "cpu" or w.dtype != torch.float32 or self.n_hidden > alif_fused.MAX_HIDDEN:
+            return None
+        lib = alif_fused.library()
+        return alif_fused.FusedALIF(self, lib) if lib is not None else None
+
     def logits(self, state: StreamStateALIF) -> torch.Tensor:
         """Anytime class scores of each flow after the steps it has seen."""
         return self._score(state.m, state.c, state.u, state.steps)

@@ -120,23 +120,25 @@ class PacketEncoder:
             prev[1:] = ts[:-1]
             first = r == 0
             prev[first] = np.asarray(x.prev_ts, np.float64)[f[first]]
-        proto = np.asarray(x.proto)[f]
-        d = np.asarray(x.direction, np.int64)
-        size_n = OFF_SIZE + d * N_SIZE + size_bins(payload_length(x.size, proto, np.asarray(x.ipv6)[f]))
-        gap_n = OFF_GAP + gap_bins(ts - prev)
-        proto_n = OFF_PROTO + np.where(proto == 6, 0, np.where(proto == 17, 1, 2))
-        fl = np.asarray(x.tcp_flags, np.uint8)
-        cols_f, cols_s, cols_n = [f, f, f], [step, step, step], [size_n, gap_n, proto_n]
+        # only packets inside the window make events; per packet the groups come in neuron order
+        # (size < gap < flags < proto) and packets are grouped by flow in step order, so laying the
+        # events out packet by packet gives them sorted by (flow, step, neuron) without a sort
+        kp = np.flatnonzero(keep)
+        fk, sk = f[kp], step[kp]
+        proto = np.asarray(x.proto)[fk]
+        d = np.asarray(x.direction, np.int64)[kp]
+        cols = np.empty((len(kp), 3 + len(FLAG_BITS)), np.int64)
+        cols[:, 0] = OFF_SIZE + d * N_SIZE + size_bins(payload_length(np.asarray(x.size)[kp], proto,
+                                                                       np.asarray(x.ipv6)[fk]))
+        cols[:, 1] = OFF_GAP + gap_bins(ts[kp] - prev[kp])
+        fl = np.asarray(x.tcp_flags, np.uint8)[kp]
         for j, (_, bit) in enumerate(FLAG_BITS):
-            on = (fl & bit) != 0
-            cols_f.append(f[on])
-            cols_s.append(step[on])
-            cols_n.append(np.full(int(on.sum()), OFF_FLAGS + j, np.int64))
-        ef, es, en = (np.concatenate(c) for c in (cols_f, cols_s, cols_n))
-        k = es < self.n_steps
-        ef, es, en = ef[k], es[k], en[k]
-        order = np.lexsort((en, es, ef))
-        return StreamEvents(ef[order], es[order], en[order], np.ones(order.shape[0], np.float32), target,
+            cols[:, 2 + j] = np.where((fl & bit) != 0, OFF_FLAGS + j, -1)
+        cols[:, -1] = OFF_PROTO + np.where(proto == 6, 0, np.where(proto == 17, 1, 2))
+        on = cols >= 0
+        per = on.sum(1)
+        en = cols[on]
+        return StreamEvents(np.repeat(fk, per), np.repeat(sk, per), en, np.ones(en.shape[0], np.float32), target,
                             np.zeros(P, bool), 0, int(P - keep.sum()))
 
     # --------------------------------------------------------------- training-time perturbation
