@@ -174,3 +174,15 @@ def test_extraction_workers_need_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
     assert out.stdout.strip() == "False"
+
+
+def test_flows_of_classes_the_model_lacks_are_counted_and_said(synth, tmp_path, caplog):
+    """Evaluating a model on data with classes it does not know: those flows are left out, not silently."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="trafficsnn"):
+        ds = build_dataset(synth, encoder_for("improved"), cache=SampleCache(tmp_path / "c"),
+                           classes=["Chat", "VoIP"])
+    assert ds.classes == ["Chat", "VoIP"] and len(ds) == 6
+    assert ds.summary["left_out_classes"] == {"Browsing": 3, "FileTransfer": 3, "Video": 3}
+    assert "9 flow(s) of classes not in the model were left out" in caplog.text

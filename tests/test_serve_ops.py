@@ -120,6 +120,24 @@ def test_config_file_sets_defaults_and_rejects_unknown_keys(tmp_path):
         load_section(tmp_path / "x.toml", "capture", {"a"})
 
 
+def test_pcap_on_the_command_line_wins_over_the_configs_interface(tmp_path, monkeypatch):
+    """systemd's TOML names an interface; `capture --config it --pcap f` replays f (the command line wins)."""
+    from trafficsnn.serve import agent
+
+    pcap = tmp_path / "d.pcap"
+    write_demo_pcap(pcap, n_flows=2, packets_per_flow=4)
+    cfg = tmp_path / "t.toml"
+    cfg.write_text('[capture]\ninterface = "eth9"\nconnect = "ipc:///x"\n')
+    seen = {}
+    monkeypatch.setattr(agent, "run_agent", lambda c, quiet=False: seen.update(iface=c.iface, pcap=c.pcap))
+    from trafficsnn.cli import main
+
+    main(["capture", "--config", str(cfg), "--pcap", str(pcap), "-q"])
+    assert seen == {"iface": None, "pcap": (str(pcap),)}
+    main(["capture", "--config", str(cfg), "-q"])
+    assert seen == {"iface": "eth9", "pcap": ()}
+
+
 def test_example_config_loads_into_both_commands():
     from pathlib import Path
 

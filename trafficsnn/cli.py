@@ -70,7 +70,7 @@ def cli() -> None:
       trafficsnn synth demo-data/                      # labelled synthetic pcaps
       trafficsnn train demo-data/ --out run/           # fit an SNN
       trafficsnn replay capture.pcap                   # classify a capture
-      trafficsnn capture -i eth0 --connect ipc:///run/trafficsnn/flows   # daemon side
+      trafficsnn capture -i eth0 --connect ipc:///run/trafficsnn/updates   # sensor side
     """
 
 

@@ -88,6 +88,16 @@ def command(interface, pcap, speed, pps, bpf_filter, snaplen, promisc, ring, rin
     """
     from ..serve.agent import AgentConfig, run_agent
 
+    # the source given on the command line wins over the other kind of source from --config
+    ctx = click.get_current_context()
+    from_config = {n: ctx.get_parameter_source(n) == click.core.ParameterSource.DEFAULT_MAP
+                   for n in ("interface", "pcap")}
+    if interface and pcap:
+        if from_config["interface"] and not from_config["pcap"]:
+            interface = None
+        elif from_config["pcap"] and not from_config["interface"]:
+            pcap = ()
+
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="trafficsnn capture: %(levelname)s %(message)s")
     logging.getLogger("trafficsnn.serve.agent").setLevel(logging.INFO)  # which live path runs, always

@@ -143,6 +143,10 @@ def load_checkpoint(path: str | os.PathLike | None = None, device: str | torch.d
         spec = json.loads(jpath.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise _fail(jpath, f"{SPEC} is not valid JSON: {exc}") from None
+    if isinstance(spec, dict) and spec.get("format") == "trafficsnn-baseline":
+        raise ModelError(f"model {d} is a baseline ({spec.get('model_kind', 'baseline')}): baselines are scored by "
+                         f"`trafficsnn evaluate`; replay, classify and export need an SNN model "
+                         f"(`trafficsnn train DATA --out DIR` without --model)")
     if not isinstance(spec, dict) or spec.get("format") != FORMAT:
         raise _fail(jpath, f"not a trafficsnn SNN spec (format {spec.get('format') if isinstance(spec, dict) else None!r})")
     if spec.get("version") != VERSION:

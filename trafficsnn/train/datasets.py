@@ -477,6 +477,7 @@ def build_dataset(
     index = {c: i for i, c in enumerate(names)}
     parts: list[dict] = []
     unmatched_rows = 0
+    other: dict[str, int] = {}      # flows whose label is not among ``classes``: left out, and said so
     wanted = [p for p in caps if src == "csv" or p in per_cap_label]
     cache.prefetch(wanted, encoder, max_packets, flow_opts, jobs, progress)
     it: Iterable[Path] = caps
@@ -510,11 +511,15 @@ def build_dataset(
                     if lab in index:
                         flow_label[fi] = index[lab]
                         flow_cap20[fi] = c20
+                    else:
+                        other[lab] = other.get(lab, 0) + 1
             unmatched_rows += len(set(rows) - found)
         else:
             lab = per_cap_label[p]
             if lab in index:
                 flow_label[cs.packets >= min_packets] = index[lab]
+            else:
+                other[lab] = other.get(lab, 0) + int((cs.packets >= min_packets).sum())
         keep = flow_label[cs.s_flow] >= 0 if cs.s_flow.size else np.zeros(0, bool)
         if not keep.any():
             continue
@@ -522,6 +527,11 @@ def build_dataset(
         parts.append({"cs": cs, "sidx": sidx, "y": flow_label[cs.s_flow[sidx]], "cap": rel,
                       "cap20": flow_cap20[cs.s_flow[sidx]]})
     cache.flush()
+    if other:
+        summary["left_out_classes"] = dict(sorted(other.items()))
+        log.warning("%d flow(s) of classes not in %s were left out: %s", sum(other.values()),
+                    "the model" if classes is not None else "the task",
+                    ", ".join(f"{k} ({v})" for k, v in sorted(other.items())))
     if src == "csv":
         summary["csv_rows"] = csv_labels.rows
         summary["csv_rows_unmatched"] = unmatched_rows

@@ -448,6 +448,7 @@ def evaluate_run(model: str | Path, data: str | Path, out: str | Path, opts: Tra
     damaged = ds.summary.get("damaged_captures", {})   # cut or unreadable captures: which and why
     rep = evaluation_report(pred.logits(ds), ds, pred.temperature, subset)
     rep["damaged_captures"] = damaged
+    rep["left_out_classes"] = ds.summary.get("left_out_classes", {})   # flows of classes the model lacks
     meta = {"model": str(model), "data": str(data), "preset": pred.spec.get("preset"), "model_kind": pred.kind,
             "subset": subset, "max_packets": opts.max_packets}
     write_report(rep, Path(out), meta)
