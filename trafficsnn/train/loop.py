@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -414,6 +415,10 @@ def fit_torch(
         if bar is not None:
             bar.set_postfix(loss=f"{train_loss:.3f}", val_f1=f"{val_f1:.3f}")
             bar.update(1)
+            if bar.disable:     # no terminal (a log, CI, a pipe): one line per epoch instead of the bar
+                kept = f" (kept: epoch {best['epoch'] + 1}, {best['f1']:.3f})" if best["f1"] >= 0 else ""
+                print(f"train {cfg.model}/{cfg.preset}: epoch {epoch + 1}/{r['epochs']} loss {train_loss:.3f} "
+                      f"val macro-F1 {val_f1:.3f}{kept}, {time.time() - t_start:.0f} s", file=sys.stderr, flush=True)
         if stopped:
             log.info("early stop at epoch %d (best %d)", epoch, best["epoch"])
             break
