@@ -292,6 +292,8 @@ class ClassifierDaemon:
             self.engine.adopt(new)
             log.warning("model settings reloaded: %s (%s), temperature %g, flow states kept", new.model_id,
                         new.sha256[:12], new.temperature)
+        else:
+            log.warning("model reload: %s (%s) unchanged, flow states kept", new.model_id, new.sha256[:12])
         self.notifier.status(f"serving {self.handle.model_id}")
         return True
 
@@ -302,6 +304,8 @@ class ClassifierDaemon:
         gc.collect()
         gc.freeze()  # model, torch and imports never need scanning again: shorter GC pauses
         self.notifier.ready(f"serving {self.handle.model_id} ({self.handle.sha256[:12]}) on {self.device}")
+        log.info("ready: serving %s (%s) on %s, receiving on %s", self.handle.model_id, self.handle.sha256[:12],
+                 self.device, ", ".join((*self.cfg.bind, *self.cfg.connect)))
         last_status = time.monotonic()
         try:
             while True:

@@ -392,6 +392,9 @@ def train_run(data: str | Path, out: str | Path, opts: TrainOptions, group=None)
     if group.world > 1 and opts.model not in ("snn", "mlp"):
         raise ConfigError(f"--model {opts.model} trains in one process (no --nproc)")
     out = Path(out)
+    if group.main and not opts.resume and (out / "model.json").is_file():
+        log.warning("--out %s already holds a model: it is replaced, and files of the old run this one does "
+                    "not write stay beside it (use a new folder to keep runs apart)", out)
     out.mkdir(parents=True, exist_ok=True)
     from ..snn.presets import PRESETS
 
