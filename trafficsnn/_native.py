@@ -183,9 +183,9 @@ class Lazy:
     """One C library built on first use (thread-safe), or None where it cannot be: warned once."""
 
     def __init__(self, name: str, source: Path, *, what: str, fallback: str, setup=None,
-                 flags: tuple[str, ...] = ("-O2",)):
+                 flags: tuple[str, ...] = ("-O2",), libs: tuple[str, ...] = ()):
         self.name, self.source, self.what, self.fallback = name, Path(source), what, fallback
-        self.setup, self.flags = setup, flags
+        self.setup, self.flags, self.libs = setup, flags, libs
         self._lib: ctypes.CDLL | None = None
         self._tried = False
         self.why = ""                   # why the C path is unavailable, once tried
@@ -196,7 +196,7 @@ class Lazy:
             with self._lock:
                 if not self._tried:
                     try:
-                        lib = build(self.name, self.source.read_text(), flags=self.flags)
+                        lib = build(self.name, self.source.read_text(), flags=self.flags, libs=self.libs)
                     except (NativeUnavailable, OSError) as exc:
                         self.why = str(exc)
                         warnings.warn(f"{self.what} unavailable ({exc}); using {self.fallback}",

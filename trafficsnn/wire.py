@@ -194,15 +194,15 @@ def encode_updates(updates: UpdateBlock | Sequence[FlowUpdate], *, sensor: str =
     """
     if isinstance(updates, UpdateBlock):
         block = updates
-        if walls is not None:
-            block = UpdateBlock(block.meta.copy(), block.offsets, block.ts, block.size, block.direction,
-                                block.tcp_flags)
-            block.meta["wall"] = walls
-        elif sent_wall and len(block) and not block.meta["wall"].all():   # unset walls mean "as sent"
+        unset = walls is None and sent_wall and len(block) and not block.meta["wall"].all()
+        if walls is not None or unset:      # new walls on a copy of the records (packets shared)
             block = UpdateBlock(block.meta.copy(), block.offsets, block.ts, block.size, block.direction,
                                 block.tcp_flags)
             w = block.meta["wall"]
-            w[w == 0] = sent_wall
+            if walls is not None:
+                w[:] = walls
+            else:                           # unset walls mean "as sent"
+                w[w == 0] = sent_wall
     else:
         block = UpdateBlock.from_updates(updates, walls, default_wall=sent_wall)
     n, n_packets = len(block), block.n_packets

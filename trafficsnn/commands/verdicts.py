@@ -47,11 +47,12 @@ def write_table(verdicts: list[dict], out: str, *, fmt: str | None = None, zeek_
     fmt = fmt or FORMATS.get(Path(out).suffix.lower())
     if fmt not in ("csv", "parquet"):
         raise ConfigError(f"cannot tell the format of {out}: give a name ending in .csv or .parquet (or --format)")
-    cols = verdict_table(verdicts, zeek_names=zeek_names, probabilities=probabilities)
     tmp = Path(str(out) + ".tmp")
     try:
         if fmt == "csv":
             import csv
+
+            cols = verdict_table(verdicts, zeek_names=zeek_names, probabilities=probabilities)
 
             with open(tmp, "w", encoding="utf-8", newline="") as fh:
                 w = csv.writer(fh)

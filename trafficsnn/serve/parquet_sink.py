@@ -25,7 +25,6 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 from ..errors import ConfigError
 
@@ -64,7 +63,7 @@ class ParquetDirSink:
         self.max_pending = int(max_pending if max_pending is not None else 10 * max_rows)
         self.zeek_names = zeek_names
         self.clock = clock
-        self._rows: list[dict[str, Any]] = []
+        self._rows: list = []               # Verdict objects; made into rows on the writer thread
         self._opened = clock()
         self._seq = 0
         # host, pid and a random token: shards in containers (all pid 1) sharing one folder, or a restart
@@ -87,7 +86,7 @@ class ParquetDirSink:
         if not verdicts:
             return
         with self._lock:
-            self._rows.extend(v.to_dict() for v in verdicts)
+            self._rows.extend(verdicts)
             self._bound()
         while len(self._rows) >= self.max_rows and self._cut():
             pass
@@ -185,12 +184,13 @@ class ParquetDirSink:
                     log.error("--parquet %s: cannot write %s (%s); %d row(s) held, retried at the next "
                               "rotation", self.folder, name, err, len(rows))
 
-    def _write_part(self, rows: list[dict], path: Path) -> None:
+    def _write_part(self, rows: list, path: Path) -> None:
         import pyarrow.parquet as pq
 
         tmp = path.with_name(f".{path.name}.tmp")
         try:
-            pq.write_table(verdict_arrow_table(rows, zeek_names=self.zeek_names), str(tmp), compression="zstd")
+            table = verdict_arrow_table([v.to_dict() for v in rows], zeek_names=self.zeek_names)
+            pq.write_table(table, str(tmp), compression="zstd")
             try:
                 os.link(tmp, path)      # like a rename, but fails rather than replace an existing part
             except FileExistsError:

@@ -14,43 +14,33 @@ from __future__ import annotations
 
 import ctypes
 import os
-import threading
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .. import _native
+
 MAX_HIDDEN = 1024   # MAXH in the C source
-_LIB = None
-_TRIED = False
-_LOCK = threading.Lock()
+
+
+def _setup(lib: ctypes.CDLL) -> None:
+    fn = lib.alif_stream_f32
+    p, i, q = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
+    fn.argtypes = [i, p, p, p, p, p, p, p, p, q, i, i, i, i, i, i,
+                   q, q, q, q, q, q, q, p, p, p, p, p, p, p, p, p, p, p]
+    fn.restype = None
+
+
+KERNEL = _native.Lazy("alif_kernel", Path(__file__).with_name("alif_kernel.c"), what="the fused ALIF serving step",
+                      fallback="the torch loop", setup=_setup, flags=("-O3", "-ffp-contract=off"), libs=("-lm",))
 
 
 def library() -> ctypes.CDLL | None:
     """The compiled kernel, or None (no compiler, or turned off with TRAFFICSNN_KERNEL=torch)."""
-    global _LIB, _TRIED
     if os.environ.get("TRAFFICSNN_KERNEL", "").strip() == "torch":
         return None
-    if not _TRIED:
-        with _LOCK:
-            if not _TRIED:
-                from .. import _native
-
-                lib = _native.load("alif_kernel", Path(__file__).with_name("alif_kernel.c").read_text(),
-                                   what="the fused ALIF serving step", fallback="the torch loop",
-                                   flags=("-O3", "-ffp-contract=off"), libs=("-lm",))
-                try:
-                    if lib is not None:
-                        fn = lib.alif_stream_f32
-                        p, i, q = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
-                        fn.argtypes = [i, p, p, p, p, p, p, p, p, q, i, i, i, i, i, i,
-                                       q, q, q, q, q, q, q, p, p, p, p, p, p, p, p, p, p, p]
-                        fn.restype = None
-                    _LIB = lib
-                except AttributeError:  # a library without the entry point: use the torch path
-                    _LIB = None
-                _TRIED = True
-    return _LIB
+    return KERNEL.get()
 
 
 def _f32(t: torch.Tensor) -> torch.Tensor:
